@@ -1,0 +1,60 @@
+# cdcflow: `make demo` runs the local end-to-end demo, `make test` runs every check.
+# Both install what they need on a fresh machine: uv (in .tools/), then the locked
+# environment (.venv/) from uv.lock. Nothing is downloaded at run time.
+
+SHELL := /bin/bash
+PYTHON ?= python3.11
+UV_VERSION := 0.13.9
+UV := .tools/bin/uv
+VENV := .venv
+BIN := $(VENV)/bin
+EVENTS ?= 20000
+RATE ?= 350
+BAD ?= 0.02
+PYTEST_ARGS ?=
+
+export UV_PYTHON_DOWNLOADS := never
+export UV_LINK_MODE := copy
+
+.PHONY: install demo test lint unit integration chaos bench clean help
+
+help:
+	@echo "make demo   - local end-to-end demo (EVENTS=$(EVENTS) RATE=$(RATE) BAD=$(BAD))"
+	@echo "make test   - lint (ruff, mypy) and the whole test suite"
+	@echo "make lint   - ruff and mypy only"
+	@echo "make chaos  - the chaos suite alone"
+	@echo "make bench  - benchmarks (QUICK=1 for a short run)"
+
+$(UV):
+	@command -v $(PYTHON) >/dev/null || { echo "cdcflow needs Python 3.11 ($(PYTHON) not found)"; exit 1; }
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(VENV)/.installed: $(UV) pyproject.toml uv.lock
+	$(UV) sync --locked --python $(PYTHON)
+	@touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/cdcflow demo --events $(EVENTS) --rate $(RATE) --bad-ratio $(BAD)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
+	scripts/pytest.sh tests $(PYTEST_ARGS)
+
+unit: install
+	scripts/pytest.sh tests/unit $(PYTEST_ARGS)
+
+integration: install
+	scripts/pytest.sh tests/integration $(PYTEST_ARGS)
+
+chaos: install
+	scripts/pytest.sh tests/chaos -s $(PYTEST_ARGS)
+
+clean:
+	rm -rf .cdcflow .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""cdcflow data plane."""

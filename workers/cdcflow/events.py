@@ -1,0 +1,488 @@
+"""The change-event envelope: what the producer publishes and the consumer reads.
+
+One message carries one change. The envelope is versioned (``v``) and is built
+from either shape a change stream can deliver:
+
+* real MongoDB: bson ``Timestamp`` cluster time, hex KeyString resume tokens,
+  deletes with only ``documentKey``, updates whose ``fullDocument`` is null
+  (the document was deleted before the lookup), ``replace`` events;
+* nx-27017 (the local stand-in): tokens ``{"_data": "nx:<N>"}`` with N gapless
+  and rising, a ``clusterTime`` stamped when the event is *read* (so useless for
+  ordering), ``_id`` stringified in ``documentKey`` and ObjectIds wrapped as
+  ``{"__neosqlite_objectid__": true, "id": ...}``.
+
+**Version.** The warehouse keeps, per document, the row with the highest
+``version`` (ClickHouse ``ReplacingMergeTree``), so the version must follow the
+source's own order and be the same every time an event is replayed::
+
+    version = position << 32 | slot
+
+``position`` is ``t << 32 | i`` of the bson ``Timestamp`` on MongoDB, or N on
+nx-27017. ``slot`` orders things that share a position: an event's index inside
+its transaction plus one (read from the resume token, so the two updates of one
+transaction stay ordered), and two slots above every event for a snapshot taken
+at that position: ``SWEEP_SLOT`` for the tombstones that remove documents
+deleted while the stream was not looking, then ``SNAPSHOT_SLOT`` for the
+documents the snapshot read. Events after the snapshot point have a higher
+position, so they win; everything before it loses. A worker's clock is never used.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import math
+import uuid
+from enum import StrEnum
+from typing import Annotated, Any, Literal, NamedTuple
+
+import orjson
+from bson import Decimal128, ObjectId, Timestamp
+from bson.binary import Binary
+from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer
+
+ENVELOPE_VERSION: Literal[1] = 1
+CONTENT_TYPE = "application/vnd.cdcflow.change+json; v=1"
+
+SLOT_BITS = 32
+SWEEP_SLOT = (1 << SLOT_BITS) - 2
+SNAPSHOT_SLOT = (1 << SLOT_BITS) - 1
+MAX_VERSION = (1 << 128) - 1
+_NX_PREFIX = "nx:"
+_NEOSQLITE_OID = "__neosqlite_objectid__"
+
+
+class Operation(StrEnum):
+    INSERT = "insert"
+    UPDATE = "update"
+    REPLACE = "replace"
+    DELETE = "delete"
+    SNAPSHOT = "snapshot"  # a document read by the initial (or recovery) snapshot
+    SNAPSHOT_END = "snapshot_end"  # end of a snapshot: tombstone what it did not see
+
+
+DML_OPERATIONS = frozenset({"insert", "update", "replace", "delete"})
+# Events that end a stream on real MongoDB: the collection as we knew it is gone.
+STREAM_ENDING_OPERATIONS = frozenset({"drop", "rename", "dropDatabase", "invalidate"})
+
+
+class UnsupportedEvent(ValueError):
+    """A change event cdcflow does not turn into a row (DDL and the like)."""
+
+
+class InvalidEvent(ValueError):
+    """A change event that lacks what every event must have (token, key ...)."""
+
+
+# --------------------------------------------------------------------------------------
+# Resume tokens and positions
+# --------------------------------------------------------------------------------------
+
+
+def token_data(token: Any) -> str:
+    """The ``_data`` string of a resume token."""
+    if isinstance(token, dict) and isinstance(token.get("_data"), str):
+        return str(token["_data"])
+    raise InvalidEvent(f"resume token without _data: {token!r}")
+
+
+def is_nx_token(token: Any) -> bool:
+    return isinstance(token, dict) and str(token.get("_data", "")).startswith(_NX_PREFIX)
+
+
+def nx_sequence(token: Any) -> int:
+    """N of an nx-27017 token ``nx:<N>`` (compare as int: "nx:9" > "nx:10" as text)."""
+    data = token_data(token)
+    if not data.startswith(_NX_PREFIX) or not data[len(_NX_PREFIX) :].isdigit():
+        raise InvalidEvent(f"not an nx-27017 token: {data!r}")
+    return int(data[len(_NX_PREFIX) :])
+
+
+# KeyString type bytes (mongo/src/mongo/db/storage/key_string.cpp, CType).
+_KS_NUMERIC_ZERO = 0x29
+_KS_POSITIVE_1_BYTE_INT = 0x2B
+_KS_POSITIVE_8_BYTE_INT = 0x32
+_KS_TIMESTAMP = 0x82
+
+
+class _KeyStringReader:
+    """Reads the leading fields of a MongoDB resume token (KeyString-encoded)."""
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        self.at = 0
+
+    def timestamp(self) -> tuple[int, int]:
+        if self.raw[self.at] != _KS_TIMESTAMP:
+            raise InvalidEvent("resume token does not start with a cluster time")
+        t = int.from_bytes(self.raw[self.at + 1 : self.at + 5], "big")
+        i = int.from_bytes(self.raw[self.at + 5 : self.at + 9], "big")
+        self.at += 9
+        return t, i
+
+    def small_int(self) -> int:
+        kind = self.raw[self.at]
+        if kind == _KS_NUMERIC_ZERO:
+            self.at += 1
+            return 0
+        if _KS_POSITIVE_1_BYTE_INT <= kind <= _KS_POSITIVE_8_BYTE_INT:
+            size = kind - _KS_POSITIVE_1_BYTE_INT + 1
+            value = int.from_bytes(self.raw[self.at + 1 : self.at + 1 + size], "big") >> 1
+            self.at += 1 + size
+            return value
+        raise InvalidEvent(f"unexpected KeyString type 0x{kind:02x} in resume token")
+
+
+def parse_mongo_token(token: Any) -> tuple[int, int, int]:
+    """(t, i, txnOpIndex) from a real MongoDB resume token.
+
+    Token layout (v2, MongoDB 4.2+): clusterTime, version, tokenType, txnOpIndex,
+    fromInvalidate, uuid, eventIdentifier. Version-1 tokens have no tokenType.
+    The timestamp alone is reliable on every version; if the rest cannot be read
+    the index counts as 0.
+    """
+    raw = bytes.fromhex(token_data(token))
+    reader = _KeyStringReader(raw)
+    t, i = reader.timestamp()
+    try:
+        version = reader.small_int()
+        if version >= 2:
+            reader.small_int()  # tokenType: 0 high-water mark, 128 event
+        return t, i, reader.small_int()
+    except (InvalidEvent, IndexError):
+        return t, i, 0
+
+
+def token_position(token: Any) -> int:
+    """The source-order position of a token: N on nx-27017, t << 32 | i on MongoDB."""
+    if is_nx_token(token):
+        return nx_sequence(token)
+    t, i, _ = parse_mongo_token(token)
+    return t << 32 | i
+
+
+def event_version(token: Any) -> int:
+    """Version of the change event the token belongs to."""
+    if is_nx_token(token):
+        return nx_sequence(token) << SLOT_BITS | 1
+    t, i, txn_op_index = parse_mongo_token(token)
+    slot = min(txn_op_index + 1, SWEEP_SLOT - 1)
+    return (t << 32 | i) << SLOT_BITS | slot
+
+
+def snapshot_version(token: Any) -> int:
+    """Version of documents read by a snapshot that began at ``token``."""
+    return token_position(token) << SLOT_BITS | SNAPSHOT_SLOT
+
+
+def sweep_version(token: Any) -> int:
+    """Version of the tombstones a snapshot that began at ``token`` writes."""
+    return token_position(token) << SLOT_BITS | SWEEP_SLOT
+
+
+# --------------------------------------------------------------------------------------
+# Values: one canonical id, JSON-safe documents
+# --------------------------------------------------------------------------------------
+
+
+def canonical_id(value: Any) -> str:
+    """One string per document id, whatever shape the source gave it in.
+
+    nx-27017 stringifies non-ObjectId ids in ``documentKey`` (1 becomes "1") and
+    wraps ObjectIds in ``fullDocument``; real MongoDB gives typed values. Both map
+    to: ObjectId → 24 hex chars, string → itself, integer → decimal digits.
+    """
+    if isinstance(value, str):
+        return value
+    if isinstance(value, ObjectId):
+        return str(value)
+    if isinstance(value, bool):
+        return orjson.dumps(value).decode()
+    if isinstance(value, int):
+        return str(int(value))
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # MongoDB treats 1.0 and 1 as the same _id
+    if isinstance(value, dict):
+        if value.get(_NEOSQLITE_OID) and isinstance(value.get("id"), str):
+            return str(value["id"])
+        if isinstance(value.get("$oid"), str) and len(value) == 1:
+            return str(value["$oid"])
+    return orjson.dumps(to_json_safe(value), option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _iso_millis(moment: dt.datetime) -> str:
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(dt.UTC).replace(tzinfo=None)
+    return moment.isoformat(timespec="milliseconds") + "Z"
+
+
+def to_json_safe(value: Any) -> Any:
+    """A BSON value as relaxed Extended JSON (lossless for the types cdcflow meets)."""
+    if value is None or isinstance(value, (str, bool)):
+        return value
+    if isinstance(value, int):
+        return int(value)  # Int64 too
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        return {
+            "$numberDouble": "NaN"
+            if math.isnan(value)
+            else ("Infinity" if value > 0 else "-Infinity")
+        }
+    if isinstance(value, dict):
+        if value.get(_NEOSQLITE_OID) and isinstance(value.get("id"), str):
+            return {"$oid": value["id"]}
+        return {str(key): to_json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json_safe(item) for item in value]
+    if isinstance(value, ObjectId):
+        return {"$oid": str(value)}
+    if isinstance(value, dt.datetime):
+        return {"$date": _iso_millis(value)}
+    if isinstance(value, Decimal128):
+        return {"$numberDecimal": str(value)}
+    if isinstance(value, Timestamp):
+        return {"$timestamp": {"t": value.time, "i": value.inc}}
+    if isinstance(value, uuid.UUID):
+        return {"$uuid": str(value)}
+    if isinstance(value, (bytes, Binary)):
+        subtype = value.subtype if isinstance(value, Binary) else 0
+        return {
+            "$binary": {
+                "base64": base64.b64encode(bytes(value)).decode(),
+                "subType": f"{subtype:02x}",
+            }
+        }
+    return str(value)
+
+
+def cluster_time_of(raw: Any) -> dt.datetime | None:
+    """The event's cluster time as an aware UTC datetime (naive = UTC on nx-27017)."""
+    if isinstance(raw, Timestamp):
+        return raw.as_datetime().astimezone(dt.UTC)
+    if isinstance(raw, dt.datetime):
+        return raw if raw.tzinfo else raw.replace(tzinfo=dt.UTC)
+    return None
+
+
+# --------------------------------------------------------------------------------------
+# The envelope
+# --------------------------------------------------------------------------------------
+
+
+def _parse_version(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("version must be a decimal string")
+    if isinstance(value, str):
+        if not value.isdigit() or len(value) > 39:
+            raise ValueError("version must be a decimal string of an unsigned 128-bit integer")
+        value = int(value)
+    if not isinstance(value, int) or not 0 <= value <= MAX_VERSION:
+        raise ValueError("version must be an unsigned 128-bit integer")
+    return value
+
+
+Version = Annotated[
+    int,
+    BeforeValidator(_parse_version),
+    PlainSerializer(str, return_type=str),
+]
+"""Versions are up to 96 bits: sent as decimal strings so no JSON reader rounds them."""
+
+
+class Namespace(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    db: str
+    coll: str
+
+
+class ChangeEnvelope(BaseModel):
+    """One change, as published to the queue (schema ``v`` = 1).
+
+    ``doc`` is the full document after the change in relaxed Extended JSON, or
+    None for deletes, sweeps, and updates whose document was gone at lookup time.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    v: Literal[1] = ENVELOPE_VERSION
+    op: Operation
+    id: str | None
+    version: Version
+    cluster_time: dt.datetime | None
+    ns: Namespace
+    doc: dict[str, Any] | None
+    token: dict[str, Any] | None
+    captured_at: dt.datetime
+    source: Literal["mongodb", "nx-27017"]
+
+    @property
+    def message_id(self) -> str:
+        """Unique per change and stable under replay: the AMQP ``message_id``."""
+        if self.op is Operation.SNAPSHOT:
+            return f"snapshot:{self.version}:{self.id}"
+        if self.op is Operation.SNAPSHOT_END:
+            return f"snapshot_end:{self.version}"
+        return token_data(self.token)
+
+    def to_json(self) -> bytes:
+        return _encode(self.model_dump(mode="json"))
+
+
+def decode_envelope(body: bytes) -> ChangeEnvelope:
+    """Parse and validate one message body; raises ``pydantic.ValidationError``."""
+    return ChangeEnvelope.model_validate_json(body)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class EncodedChange(NamedTuple):
+    """A change ready to publish: the message body and what goes in its AMQP properties."""
+
+    body: bytes
+    message_id: str
+    op: str
+    version: int
+    doc_id: str | None
+    cluster_time: dt.datetime | None
+
+
+_DOC_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_NON_STR_KEYS
+_ENVELOPE_OPTIONS = orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
+
+
+def _bson_default(value: Any) -> Any:
+    converted = to_json_safe(value)
+    if converted is value:
+        raise TypeError(f"cannot encode {type(value).__name__}")
+    return converted
+
+
+def _is_flat_and_finite(document: dict[str, Any]) -> bool:
+    for value in document.values():
+        kind = type(value)
+        if kind is float:
+            if not math.isfinite(value):
+                return False
+        elif kind is dict or kind is list or kind is tuple:
+            return False
+    return True
+
+
+def encode_document(document: dict[str, Any]) -> orjson.Fragment:
+    """A document as relaxed Extended JSON, pre-serialized.
+
+    Flat documents with finite numbers (the common case) go through orjson in C,
+    converting only datetimes and ObjectIds in Python; anything nested, or with
+    NaN/Infinity (which orjson would turn into null), takes :func:`to_json_safe`.
+    """
+    if _is_flat_and_finite(document):
+        return orjson.Fragment(orjson.dumps(document, default=_bson_default, option=_DOC_OPTIONS))
+    return orjson.Fragment(orjson.dumps(to_json_safe(document), option=orjson.OPT_NON_STR_KEYS))
+
+
+def _encode(payload: dict[str, Any]) -> bytes:
+    return orjson.dumps(payload, option=_ENVELOPE_OPTIONS)
+
+
+def encode_change(raw: dict[str, Any], *, captured_at: dt.datetime | None = None) -> EncodedChange:
+    """Encode one change-stream event (either shape) as an envelope message.
+
+    This is the producer's hot path, so it writes JSON directly rather than via
+    the model; :func:`decode_envelope` of the body is the schema check, and the
+    tests hold the two together.
+
+    Raises :class:`UnsupportedEvent` for non-DML events and :class:`InvalidEvent`
+    when the event lacks a token or a document key.
+    """
+    operation = raw.get("operationType")
+    if operation not in DML_OPERATIONS:
+        raise UnsupportedEvent(f"operationType {operation!r} carries no document change")
+    token = raw.get("_id")
+    if not isinstance(token, dict) or not isinstance(token.get("_data"), str):
+        raise InvalidEvent("change event without a resume token (_id._data)")
+    key = raw.get("documentKey")
+    if not isinstance(key, dict) or "_id" not in key:
+        raise InvalidEvent("change event without documentKey._id")
+    full = raw.get("fullDocument")
+    ns = raw.get("ns") or {}
+    doc_id = canonical_id(key["_id"])
+    version = event_version(token)
+    cluster_time = cluster_time_of(raw.get("clusterTime"))
+    body = _encode(
+        {
+            "v": ENVELOPE_VERSION,
+            "op": operation,
+            "id": doc_id,
+            "version": str(version),
+            "cluster_time": cluster_time,
+            "ns": {"db": str(ns.get("db", "")), "coll": str(ns.get("coll", ""))},
+            "doc": None if operation == "delete" or full is None else encode_document(full),
+            "token": token if len(token) == 1 else to_json_safe(token),
+            "captured_at": captured_at or _now(),
+            "source": "nx-27017" if is_nx_token(token) else "mongodb",
+        }
+    )
+    return EncodedChange(body, token["_data"], operation, version, doc_id, cluster_time)
+
+
+def from_change(raw: dict[str, Any], *, captured_at: dt.datetime | None = None) -> ChangeEnvelope:
+    """The validated envelope of one change-stream event (see :func:`encode_change`)."""
+    return decode_envelope(encode_change(raw, captured_at=captured_at).body)
+
+
+def encode_envelope(envelope: ChangeEnvelope) -> EncodedChange:
+    """Encode an envelope built as a model (snapshots, sweeps, tests)."""
+    body = _encode(envelope.model_dump(mode="json"))
+    return EncodedChange(
+        body,
+        envelope.message_id,
+        envelope.op.value,
+        envelope.version,
+        envelope.id,
+        envelope.cluster_time,
+    )
+
+
+def snapshot_envelope(
+    document: dict[str, Any],
+    *,
+    start_token: Any,
+    db: str,
+    coll: str,
+    captured_at: dt.datetime | None = None,
+) -> ChangeEnvelope:
+    """A document read by a snapshot that began at ``start_token``."""
+    if "_id" not in document:
+        raise InvalidEvent("snapshot document without _id")
+    return ChangeEnvelope(
+        op=Operation.SNAPSHOT,
+        id=canonical_id(document["_id"]),
+        version=snapshot_version(start_token),
+        cluster_time=None,
+        ns=Namespace(db=db, coll=coll),
+        doc=to_json_safe(document),
+        token=to_json_safe(start_token),
+        captured_at=captured_at or _now(),
+        source="nx-27017" if is_nx_token(start_token) else "mongodb",
+    )
+
+
+def snapshot_end_envelope(
+    *, start_token: Any, db: str, coll: str, documents: int, captured_at: dt.datetime | None = None
+) -> ChangeEnvelope:
+    """Closes a snapshot: rows older than it that it did not read are deleted at source."""
+    return ChangeEnvelope(
+        op=Operation.SNAPSHOT_END,
+        id=None,
+        version=sweep_version(start_token),
+        cluster_time=None,
+        ns=Namespace(db=db, coll=coll),
+        doc={"documents": documents},
+        token=to_json_safe(start_token),
+        captured_at=captured_at or _now(),
+        source="nx-27017" if is_nx_token(start_token) else "mongodb",
+    )

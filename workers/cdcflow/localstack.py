@@ -1,0 +1,185 @@
+"""The embedded local stack: nx-27017 as MongoDB, the local RabbitMQ, chdb.
+
+Used by ``cdcflow demo``, the benchmarks and the integration tests, so all three
+start MongoDB the same way. Nothing here is used in Kubernetes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pika
+import pika.exceptions
+
+from cdcflow.errors import ServiceUnavailable
+
+log = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _nx_executable() -> list[str]:
+    found = shutil.which("nx-27017", path=str(Path(sys.executable).parent)) or shutil.which(
+        "nx-27017"
+    )
+    return [found] if found else [sys.executable, "-m", "nx_27017"]
+
+
+@dataclass
+class MongoServer:
+    """A running nx-27017 process."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    data_dir: Path
+
+    @property
+    def uri(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+def start_mongo(data_dir: Path, port: int | None = None, timeout: float = 20.0) -> MongoServer:
+    """Start nx-27017 with its database file under ``data_dir``; wait until it listens."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    log_file = data_dir / "nx-27017.log"
+    command = _nx_executable() + [
+        "--db",
+        str(data_dir / "mongo.db"),
+        "-p",
+        str(port),
+        "--log-file",
+        str(log_file),
+        "--pid-file",
+        str(data_dir / "nx-27017.pid"),
+    ]
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,  # a Ctrl-C meant for the demo is handled by the demo
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = log_file.read_text(errors="replace")[-400:] if log_file.exists() else ""
+            raise ServiceUnavailable(
+                "MongoDB (nx-27017)",
+                f"127.0.0.1:{port}",
+                f"the server exited with code {process.returncode}: {tail.strip()}",
+                f"see {log_file}",
+            )
+        if port_open("127.0.0.1", port):
+            return MongoServer(process, port, data_dir)
+        time.sleep(0.05)
+    process.kill()
+    raise ServiceUnavailable(
+        "MongoDB (nx-27017)",
+        f"127.0.0.1:{port}",
+        f"not listening after {timeout:.0f} s",
+        f"see {log_file}",
+    )
+
+
+@contextlib.contextmanager
+def mongo_server(data_dir: Path, port: int | None = None) -> Iterator[MongoServer]:
+    server = start_mongo(data_dir, port)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+RABBITMQ_HINT = (
+    "start it with `rabbitmq-server -detached` (or `sudo systemctl start rabbitmq-server`), "
+    "or point CDCFLOW_AMQP_URL at a running broker"
+)
+
+
+def check_rabbitmq(url: str, where: str, timeout: float = 5.0) -> None:
+    """Raise :class:`ServiceUnavailable` unless an AMQP connection opens."""
+    params = pika.URLParameters(url)
+    params.socket_timeout = timeout
+    params.blocked_connection_timeout = timeout
+    params.connection_attempts = 1
+    try:
+        connection = pika.BlockingConnection(params)
+    except pika.exceptions.ProbableAuthenticationError:
+        raise ServiceUnavailable(
+            "RabbitMQ", where, "login refused", "check the user and password in CDCFLOW_AMQP_URL"
+        ) from None
+    except pika.exceptions.AMQPError as error:
+        raise ServiceUnavailable(
+            "RabbitMQ", where, f"cannot connect ({type(error).__name__})", RABBITMQ_HINT
+        ) from None
+    connection.close()
+
+
+def process_rss_mb(pid: int) -> float:
+    """Resident memory of a process in MB (Linux), 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def terminate(process: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
+    """SIGTERM, wait, SIGKILL if it did not stop; returns the exit code."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return process.wait(timeout)
+
+
+def child_env(**settings: str | int | float | None) -> dict[str, str]:
+    """This process's environment plus ``CDCFLOW_*`` variables for a child worker."""
+    env = dict(os.environ)
+    for key, value in settings.items():
+        if value is not None:
+            env[f"CDCFLOW_{key.upper()}"] = str(value)
+    return env

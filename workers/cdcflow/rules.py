@@ -1,0 +1,295 @@
+"""The cleaning rules, as data.
+
+This table is the single source of the rules: :mod:`cdcflow.transforms` applies
+them, ``docs/cleaning.md`` is generated from them (a test keeps the file equal to
+:func:`render_markdown`), and the rule tests are driven by their examples.
+
+A rule either **fixes** a value (the row is loaded with the fixed value and the
+fix is counted) or **rejects** the document (the message goes to the failed queue
+with the rule's code as its reason and is never loaded).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class Action(StrEnum):
+    fixed = "fixed"
+    rejected = "rejected"
+
+
+class Kind(StrEnum):
+    """What a field holds; decides which type rules apply to it."""
+
+    key = "key"  # an identifier: non-blank string, at most MAX_KEY_LENGTH chars
+    number = "number"  # a finite number of seconds
+    category = "category"  # a small set of known values
+    country = "country"  # ISO 3166-1 alpha-2
+    timestamp = "timestamp"  # a date-time
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    kind: Kind
+    required: bool
+    description: str
+
+
+MAX_KEY_LENGTH = 256
+DEVICES = ("android", "ios", "web", "tv", "desktop", "console")
+UNKNOWN_DEVICE = "unknown"
+UNKNOWN_COUNTRY = "ZZ"  # ISO 3166 user-assigned code for "unknown"
+
+FIELDS: tuple[Field, ...] = (
+    Field("video_id", Kind.key, True, "the video watched"),
+    Field("user_id", Kind.key, True, "the viewer"),
+    Field("device", Kind.category, False, f"one of {', '.join(DEVICES)}"),
+    Field("country", Kind.country, False, "ISO 3166-1 alpha-2 code"),
+    Field("started_at", Kind.timestamp, False, "when the viewing started"),
+    Field("updated_at", Kind.timestamp, False, "when the source last changed the document"),
+    Field("watched_time", Kind.number, True, "seconds watched"),
+    Field("total_video_time", Kind.number, True, "length of the video in seconds"),
+)
+FIELD_NAMES = tuple(field.name for field in FIELDS)
+
+
+@dataclass(frozen=True)
+class Rule:
+    code: str  # the reason written to the failed queue and to metrics labels
+    applies_to: str  # a field kind, a field name, or "document"
+    rule: str
+    example: dict[str, Any]  # fields of a document that breaks the rule
+    action: Action
+    result: str  # what happens: the fixed value, or why it cannot be loaded
+
+    @property
+    def example_text(self) -> str:
+        return ", ".join(f"{key}: {_show(value)}" for key, value in self.example.items())
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    if value is None:
+        return "null"
+    if isinstance(value, float) and value != value:
+        return "NaN"
+    return str(value)
+
+
+# Order matters: a document is rejected by the first rejecting rule that matches.
+RULES: tuple[Rule, ...] = (
+    Rule(
+        "document_not_object",
+        "document",
+        "the document is a JSON object",
+        {"doc": "[1, 2]"},
+        Action.rejected,
+        "nothing to load",
+    ),
+    Rule(
+        "missing_field",
+        "required fields",
+        "video_id, user_id, watched_time and total_video_time are present and not null",
+        {"watched_time": None},
+        Action.rejected,
+        "a required value is unknown",
+    ),
+    Rule(
+        "blank_key",
+        Kind.key,
+        "an identifier is not empty or only spaces",
+        {"user_id": "   "},
+        Action.rejected,
+        "the row could not be attributed",
+    ),
+    Rule(
+        "key_too_long",
+        Kind.key,
+        f"an identifier has at most {MAX_KEY_LENGTH} characters",
+        {"video_id": "v" * 300},
+        Action.rejected,
+        "not an identifier",
+    ),
+    Rule(
+        "key_not_string",
+        Kind.key,
+        "an identifier is a string",
+        {"video_id": 42},
+        Action.fixed,
+        'converted to text: "42"',
+    ),
+    Rule(
+        "key_wrong_type",
+        Kind.key,
+        "an identifier is a string or a number",
+        {"user_id": {"name": "x"}},
+        Action.rejected,
+        "not an identifier",
+    ),
+    Rule(
+        "padded_text",
+        "text fields",
+        "text has no leading or trailing spaces",
+        {"video_id": " vid_1 "},
+        Action.fixed,
+        'trimmed: "vid_1"',
+    ),
+    Rule(
+        "number_as_text",
+        Kind.number,
+        "a number is not written as text",
+        {"watched_time": "120"},
+        Action.fixed,
+        "parsed: 120",
+    ),
+    Rule(
+        "number_not_numeric",
+        Kind.number,
+        "a number is a number",
+        {"watched_time": "two minutes"},
+        Action.rejected,
+        "the value is not a number",
+    ),
+    Rule(
+        "number_is_boolean",
+        Kind.number,
+        "a number is not true/false",
+        {"total_video_time": True},
+        Action.rejected,
+        "the value is not a number",
+    ),
+    Rule(
+        "number_not_finite",
+        Kind.number,
+        "a number is finite",
+        {"watched_time": float("nan")},
+        Action.rejected,
+        "NaN and Infinity cannot be measured",
+    ),
+    Rule(
+        "total_video_time_not_positive",
+        "total_video_time",
+        "the video length is above 0",
+        {"total_video_time": 0},
+        Action.rejected,
+        "completion rate would divide by zero",
+    ),
+    Rule(
+        "watched_time_negative",
+        "watched_time",
+        "watched time is 0 or more",
+        {"watched_time": -5},
+        Action.rejected,
+        "negative time is impossible",
+    ),
+    Rule(
+        "watched_time_exceeds_total",
+        "watched_time",
+        "watched time is at most the video length",
+        {"watched_time": 400, "total_video_time": 312},
+        Action.fixed,
+        "clamped to the video length (completion 100%)",
+    ),
+    Rule(
+        "device_unknown",
+        "device",
+        "device is one of the known devices, in lower case",
+        {"device": "smart-fridge"},
+        Action.fixed,
+        f'"{UNKNOWN_DEVICE}" (a known device in other case, such as "iOS", becomes "ios")',
+    ),
+    Rule(
+        "country_invalid",
+        "country",
+        "country is a two-letter code in upper case",
+        {"country": "Portugal"},
+        Action.fixed,
+        f'"{UNKNOWN_COUNTRY}" (a valid code in lower case, such as "pt", becomes "PT")',
+    ),
+    Rule(
+        "timestamp_invalid",
+        Kind.timestamp,
+        "a timestamp is a date-time",
+        {"started_at": "yesterday"},
+        Action.fixed,
+        "null (unknown)",
+    ),
+)
+
+RULES_BY_CODE = {rule.code: rule for rule in RULES}
+
+# Reasons given before cleaning, when the message itself cannot be read. They are
+# listed in docs/cleaning.md too, so every reason in the failed queue is explained.
+MESSAGE_REASONS: tuple[tuple[str, str], ...] = (
+    ("invalid_encoding", "the body is not UTF-8"),
+    ("malformed_json", "the body is not JSON"),
+    ("message_too_large", "the body is larger than the consumer accepts"),
+    ("wrong_content_type", "the content type is not the cdcflow change envelope"),
+    ("unsupported_envelope_version", "the envelope's v is not one this consumer reads"),
+    ("unknown_operation", "op is not insert, update, replace, delete, snapshot or snapshot_end"),
+    ("missing_document_id", "a document change has no id"),
+    ("invalid_envelope", "the envelope breaks its schema (a field missing or of the wrong type)"),
+    ("wrong_collection", "the event belongs to another collection than this pipeline's"),
+)
+
+
+def render_markdown() -> str:
+    """docs/cleaning.md, generated from the tables above."""
+    lines = [
+        "# Cleaning rules",
+        "",
+        "<!-- generated from workers/cdcflow/rules.py by `cdcflow rules --markdown`;"
+        " tests/unit/test_rules.py keeps it in sync -->",
+        "",
+        "Every document the consumer loads passes these rules, in this order. A **fixed**",
+        "value is loaded as fixed (and counted in `cdcflow_rows_fixed_total{rule}`); a",
+        "**rejected** document is not loaded: its message goes to `<collection>.failed`",
+        "with the rule's code as `x-cdcflow-reason`. `cdcflow verify` applies the same",
+        "rules to the source, so a rejected document is expected to be absent.",
+        "",
+        "## Fields",
+        "",
+        "| field | kind | required | meaning |",
+        "| --- | --- | --- | --- |",
+    ]
+    for field in FIELDS:
+        lines.append(
+            f"| `{field.name}` | {field.kind.value} | {'yes' if field.required else 'no'} "
+            f"| {field.description} |"
+        )
+    lines += [
+        "",
+        "## Rules",
+        "",
+        "| code | applies to | rule | example | action | result |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for rule in RULES:
+        example = rule.example_text
+        if len(example) > 60:
+            example = example[:57] + "..."
+        lines.append(
+            f"| `{rule.code}` | {rule.applies_to} | {rule.rule} | `{example}` "
+            f"| {rule.action.value} | {rule.result} |"
+        )
+    lines += [
+        "",
+        "`completion_rate = watched_time / total_video_time * 100` is computed after",
+        "cleaning, so it is always between 0 and 100.",
+        "",
+        "## Messages that cannot be read",
+        "",
+        "These are rejected before cleaning, with the code as the reason:",
+        "",
+        "| code | meaning |",
+        "| --- | --- |",
+    ]
+    for code, meaning in MESSAGE_REASONS:
+        lines.append(f"| `{code}` | {meaning} |")
+    lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,304 @@
+"""Clean, transform and enrich a batch of documents, column by column.
+
+Pure functions over a list of documents (relaxed Extended JSON dicts, as the
+envelope carries them) that return Arrow columns: no Beam, no I/O, so the rules
+are tested alone and reused by ``cdcflow verify`` on the source side.
+
+Each field is converted as a whole column when its values already have the right
+type (the common case: one pyarrow call for a thousand rows) and value by value
+only when the column mixes types, which is where the fixes and rejections live.
+The rules themselves are data in :mod:`cdcflow.rules`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cdcflow.rules import (
+    DEVICES,
+    FIELDS,
+    MAX_KEY_LENGTH,
+    UNKNOWN_COUNTRY,
+    UNKNOWN_DEVICE,
+    Field,
+    Kind,
+)
+
+TIMESTAMP_TYPE = pa.timestamp("ms", tz="UTC")
+_COUNTRY = re.compile(r"^[A-Z]{2}$")
+_DEVICE_SET = pa.array(DEVICES)
+
+
+@dataclass
+class CleanBatch:
+    """The outcome of cleaning one batch.
+
+    ``columns`` hold only the kept rows, in input order; ``kept`` are their input
+    positions. ``rejected`` maps an input position to (rule code, detail).
+    """
+
+    columns: dict[str, pa.Array]
+    kept: list[int]
+    rejected: dict[int, tuple[str, str]]
+    fixes: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def size(self) -> int:
+        return len(self.kept)
+
+
+class _Batch:
+    """Per-row state shared by the column converters: first rejection wins."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.rejected: dict[int, tuple[str, str]] = {}
+        self.fixes: Counter[str] = Counter()
+
+    def reject(self, row: int, code: str, detail: str) -> None:
+        self.rejected.setdefault(row, (code, detail))
+
+    def reject_where(self, mask: pa.Array, code: str, detail: Callable[[int], str]) -> None:
+        if pc.any(mask).as_py():
+            for row in pc.indices_nonzero(mask).to_pylist():
+                self.reject(row, code, detail(row))
+
+    def fix(self, code: str, count: int = 1) -> None:
+        if count:
+            self.fixes[code] += count
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _types(values: list[Any]) -> set[type]:
+    return {type(value) for value in values}
+
+
+# -------------------------------------------------------------------------------------
+# Column converters: (field, values, batch) -> Arrow array of len(values)
+# -------------------------------------------------------------------------------------
+
+
+def _missing(spec: Field, values: list[Any], batch: _Batch) -> None:
+    if spec.required:
+        for row, value in enumerate(values):
+            if value is None:
+                batch.reject(row, "missing_field", f"{spec.name} is missing or null")
+
+
+def _key_column(spec: Field, values: list[Any], batch: _Batch) -> pa.Array:
+    _missing(spec, values, batch)
+    if not _types(values) <= {str, type(None)}:
+        converted: list[str | None] = []
+        for row, value in enumerate(values):
+            if value is None or isinstance(value, str):
+                converted.append(value)
+            elif (
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and (not isinstance(value, float) or value.is_integer())
+            ):
+                batch.fix("key_not_string")
+                converted.append(str(int(value)))
+            else:
+                batch.reject(row, "key_wrong_type", f"{spec.name}={_short(value)} is not an id")
+                converted.append(None)
+        values = converted
+    raw = pa.array(values, pa.string())
+    trimmed = pc.utf8_trim_whitespace(raw)
+    batch.fix("padded_text", pc.sum(pc.not_equal(trimmed, raw)).as_py() or 0)
+    batch.reject_where(
+        pc.fill_null(pc.equal(trimmed, ""), False),
+        "blank_key",
+        lambda row: f"{spec.name} is blank",
+    )
+    batch.reject_where(
+        pc.fill_null(pc.greater(pc.utf8_length(trimmed), MAX_KEY_LENGTH), False),
+        "key_too_long",
+        lambda row: f"{spec.name} is longer than {MAX_KEY_LENGTH} characters",
+    )
+    return trimmed
+
+
+_EXTENDED_NUMBERS = ("$numberDouble", "$numberDecimal", "$numberLong", "$numberInt")
+
+
+def _number(spec: Field, row: int, value: Any, batch: _Batch) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        batch.reject(row, "number_is_boolean", f"{spec.name}={value} is not a number")
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, dict) and len(value) == 1 and next(iter(value)) in _EXTENDED_NUMBERS:
+        value = next(iter(value.values()))
+        extended = True
+    else:
+        extended = False
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            batch.reject(row, "number_not_numeric", f"{spec.name}={_short(value)} is not a number")
+            return None
+        if not extended and math.isfinite(number):
+            batch.fix("number_as_text")
+        return number
+    batch.reject(row, "number_not_numeric", f"{spec.name}={_short(value)} is not a number")
+    return None
+
+
+def _number_column(spec: Field, values: list[Any], batch: _Batch) -> pa.Array:
+    _missing(spec, values, batch)
+    if _types(values) <= {int, float, type(None)}:
+        try:
+            array = pa.array(values, pa.float64())
+        except (pa.ArrowInvalid, OverflowError):
+            array = None
+    else:
+        array = None
+    if array is None:
+        array = pa.array(
+            [_number(spec, row, value, batch) for row, value in enumerate(values)], pa.float64()
+        )
+    batch.reject_where(
+        pc.invert(pc.fill_null(pc.is_finite(array), True)),
+        "number_not_finite",
+        lambda row: f"{spec.name} is not finite",
+    )
+    return array
+
+
+def _text(values: list[Any]) -> pa.Array:
+    """Strings as strings, anything else (numbers, objects) as null."""
+    if not _types(values) <= {str, type(None)}:
+        values = [value if isinstance(value, str) else None for value in values]
+    return pc.utf8_trim_whitespace(pa.array(values, pa.string()))
+
+
+def _category_column(spec: Field, values: list[Any], batch: _Batch) -> pa.Array:
+    text = _text(values)
+    lowered = pc.utf8_lower(text)
+    known = pc.is_in(lowered, value_set=_DEVICE_SET)
+    batch.fix("device_unknown", len(values) - (pc.sum(known).as_py() or 0))
+    return pc.if_else(known, lowered, UNKNOWN_DEVICE)
+
+
+def _country_column(spec: Field, values: list[Any], batch: _Batch) -> pa.Array:
+    raw = pa.array([value if isinstance(value, str) else None for value in values], pa.string())
+    upper = pc.utf8_upper(pc.utf8_trim_whitespace(raw))
+    valid = pc.fill_null(pc.match_substring_regex(upper, _COUNTRY.pattern), False)
+    exact = pc.fill_null(pc.equal(raw, upper), False)
+    batch.fix("country_invalid", len(values) - (pc.sum(pc.and_(valid, exact)).as_py() or 0))
+    return pc.if_else(valid, upper, UNKNOWN_COUNTRY)
+
+
+def _parse_moment(value: Any) -> dt.datetime | None:
+    if isinstance(value, dict) and len(value) == 1 and "$date" in value:
+        value = value["$date"]
+        if isinstance(value, dict) and "$numberLong" in value:
+            value = int(value["$numberLong"])
+        if isinstance(value, int) and not isinstance(value, bool):
+            return dt.datetime.fromtimestamp(value / 1000, dt.UTC)
+    if isinstance(value, dt.datetime):
+        moment = value
+    elif isinstance(value, str):
+        try:
+            moment = dt.datetime.fromisoformat(value.strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+def _timestamp_column(spec: Field, values: list[Any], batch: _Batch) -> pa.Array:
+    moments: list[dt.datetime | None] = []
+    for value in values:
+        moment = _parse_moment(value) if value is not None else None
+        if value is not None and moment is None:
+            batch.fix("timestamp_invalid")
+        moments.append(moment)
+    try:
+        return pa.array(moments, TIMESTAMP_TYPE)
+    except (pa.ArrowInvalid, OverflowError, ValueError):
+        # A year outside Arrow's range: treat as invalid, like an unparsable one.
+        safe = []
+        for moment in moments:
+            ok = moment is not None and dt.datetime(1900, 1, 1, tzinfo=dt.UTC) <= moment
+            safe.append(moment if ok else None)
+            if moment is not None and not ok:
+                batch.fix("timestamp_invalid")
+        return pa.array(safe, TIMESTAMP_TYPE)
+
+
+_CONVERTERS: dict[Kind, Callable[[Field, list[Any], _Batch], pa.Array]] = {
+    Kind.key: _key_column,
+    Kind.number: _number_column,
+    Kind.category: _category_column,
+    Kind.country: _country_column,
+    Kind.timestamp: _timestamp_column,
+}
+
+
+def clean_documents(documents: Sequence[Any]) -> CleanBatch:
+    """Apply every rule of :mod:`cdcflow.rules` to a batch and enrich what is kept.
+
+    Adds ``completion_rate = watched_time / total_video_time * 100``.
+    """
+    batch = _Batch(len(documents))
+    for row, document in enumerate(documents):
+        if not isinstance(document, dict):
+            batch.reject(row, "document_not_object", f"document is {type(document).__name__}")
+    rows = [document if isinstance(document, dict) else {} for document in documents]
+    columns: dict[str, pa.Array] = {}
+    for spec in FIELDS:
+        values = [row.get(spec.name) for row in rows]
+        columns[spec.name] = _CONVERTERS[spec.kind](spec, values, batch)
+
+    watched, total = columns["watched_time"], columns["total_video_time"]
+    batch.reject_where(
+        pc.fill_null(pc.less_equal(total, 0.0), False),
+        "total_video_time_not_positive",
+        lambda row: f"total_video_time={total[row].as_py()} is not above 0",
+    )
+    batch.reject_where(
+        pc.fill_null(pc.less(watched, 0.0), False),
+        "watched_time_negative",
+        lambda row: f"watched_time={watched[row].as_py()} is negative",
+    )
+    exceeds = pc.fill_null(pc.greater(watched, total), False)
+    valid_rows = _keep_mask(batch)
+    batch.fix("watched_time_exceeds_total", pc.sum(pc.and_(exceeds, valid_rows)).as_py() or 0)
+    columns["watched_time"] = watched = pc.if_else(exceeds, total, watched)
+    columns["completion_rate"] = pc.multiply(pc.divide(watched, total), 100.0)
+
+    kept = [row for row in range(batch.size) if row not in batch.rejected]
+    if len(kept) != batch.size:
+        columns = {name: column.filter(valid_rows) for name, column in columns.items()}
+    return CleanBatch(columns=columns, kept=kept, rejected=batch.rejected, fixes=batch.fixes)
+
+
+def _keep_mask(batch: _Batch) -> pa.Array:
+    return pa.array([row not in batch.rejected for row in range(batch.size)], pa.bool_())
+
+
+def clean_one(document: Any) -> tuple[dict[str, Any] | None, str | None]:
+    """Clean a single document: (row values, None) or (None, rejecting rule code)."""
+    result = clean_documents([document])
+    if result.rejected:
+        return None, result.rejected[0][0]
+    return {name: column[0].as_py() for name, column in result.columns.items()}, None

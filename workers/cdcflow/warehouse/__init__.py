@@ -1,0 +1,1 @@
+"""The warehouse: DDL applied once, one client for chdb and ClickHouse servers."""
