@@ -81,7 +81,10 @@ class Settings(BaseSettings):
         None, description="Queue name; defaults to the collection name (bound with it as key)."
     )
     delivery_limit: int = Field(
-        5, ge=1, description="Quorum-queue x-delivery-limit before the broker dead-letters."
+        20,
+        ge=1,
+        description="Quorum-queue x-delivery-limit: deliveries before the broker dead-letters "
+        "a message that keeps failing (crashes and restarts count as deliveries).",
     )
 
     # --- warehouse ----------------------------------------------------------------
@@ -180,6 +183,20 @@ class Settings(BaseSettings):
         if not _NAME.match(name):
             raise ValueError(f"{name!r}: use letters, digits and underscores only")
         return name
+
+    @field_validator(
+        "mongo_tls_ca_file",
+        "mongo_tls_cert_key_file",
+        "amqp_tls_ca_file",
+        "amqp_tls_cert_file",
+        "amqp_tls_key_file",
+        "clickhouse_tls_ca_file",
+    )
+    @classmethod
+    def _file_exists(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_file():
+            raise ValueError(f"{path} does not exist or is not a file")
+        return path
 
     @field_validator("log_level")
     @classmethod

@@ -182,19 +182,14 @@ def _number_column(spec: Field, values: list[Any], batch: _Batch) -> pa.Array:
     return array
 
 
-def _text(values: list[Any]) -> pa.Array:
-    """Strings as strings, anything else (numbers, objects) as null."""
-    if not _types(values) <= {str, type(None)}:
-        values = [value if isinstance(value, str) else None for value in values]
-    return pc.utf8_trim_whitespace(pa.array(values, pa.string()))
-
-
 def _category_column(spec: Field, values: list[Any], batch: _Batch) -> pa.Array:
-    text = _text(values)
-    lowered = pc.utf8_lower(text)
-    known = pc.is_in(lowered, value_set=_DEVICE_SET)
-    batch.fix("device_unknown", len(values) - (pc.sum(known).as_py() or 0))
-    return pc.if_else(known, lowered, UNKNOWN_DEVICE)
+    raw = pa.array([value if isinstance(value, str) else None for value in values], pa.string())
+    lowered = pc.utf8_lower(pc.utf8_trim_whitespace(raw))
+    known = pc.fill_null(pc.is_in(lowered, value_set=_DEVICE_SET), False)
+    result = pc.if_else(known, lowered, UNKNOWN_DEVICE)
+    unchanged = pc.sum(pc.fill_null(pc.equal(raw, result), False)).as_py() or 0
+    batch.fix("device_unknown", len(values) - unchanged)
+    return result
 
 
 def _country_column(spec: Field, values: list[Any], batch: _Batch) -> pa.Array:

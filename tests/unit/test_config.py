@@ -1,0 +1,132 @@
+"""Settings: URLs, secrets that never leak, environment and .env, validation."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from cdcflow import broker, logs
+from cdcflow.config import Settings, load_settings
+from cdcflow.urls import ServiceUrl, scrub
+
+
+def test_defaults_run_the_local_stack() -> None:
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.mongo_uri.where == "127.0.0.1:27017"
+    assert settings.amqp_url.scheme == "amqp"
+    assert settings.clickhouse_url.scheme == "chdb"
+    assert settings.queue_name == "viewing_logs"
+    assert settings.failed_queue_name == "viewing_logs.failed"
+    assert settings.table_name == "viewing_logs"
+
+
+def test_environment_overrides_defaults_and_flags_override_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CDCFLOW_MONGO_COLLECTION", "from_env")
+    monkeypatch.setenv("CDCFLOW_PREFETCH", "123")
+    assert Settings().mongo_collection == "from_env"
+    assert Settings().prefetch == 123
+    assert (
+        load_settings(mongo_collection="from_flag", prefetch=None).mongo_collection == "from_flag"
+    )
+
+
+def test_dotenv_file_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / ".env").write_text("CDCFLOW_EXCHANGE=from_dotenv\n")
+    monkeypatch.chdir(tmp_path)
+    assert Settings().exchange == "from_dotenv"
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "mongodb+srv://app:pw@cluster0.abcde.mongodb.net/?retryWrites=true&w=majority",
+        "mongodb://a:b@h1:27017,h2:27017,h3:27017/?replicaSet=rs0&tls=true",
+    ],
+)
+def test_atlas_and_replica_set_uris_are_accepted(uri: str) -> None:
+    settings = Settings(mongo_uri=uri)
+    assert settings.mongo_uri.reveal() == uri
+    assert "pw" not in str(settings.mongo_uri) and ":b@" not in str(settings.mongo_uri)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("mongo_uri", "postgres://x"),
+        ("amqp_url", "http://x"),
+        ("clickhouse_url", "mysql://x"),
+        ("mongo_collection", "bad name"),
+        ("log_level", "LOUD"),
+    ],
+)
+def test_wrong_values_are_refused(field: str, value: str) -> None:
+    with pytest.raises(ValidationError):
+        Settings(**{field: value})
+
+
+def test_the_mix_must_add_up() -> None:
+    with pytest.raises(ValidationError, match="add up to 1"):
+        Settings(insert_ratio=0.5, update_ratio=0.5, delete_ratio=0.5)
+
+
+def test_passwords_never_appear_in_repr_dump_or_str() -> None:
+    secret = "s3cr3t-Pa55"
+    settings = Settings(
+        mongo_uri=f"mongodb://app:{secret}@db:27017/",
+        amqp_url=f"amqps://cdc:{secret}@mq:5671/prod",
+        clickhouse_url=f"https://loader:{secret}@ch:8443",
+    )
+    for text in (repr(settings), str(settings), settings.model_dump_json()):
+        assert secret not in text
+    assert secret in settings.amqp_url.reveal()
+    assert settings.amqp_url.password is not None
+    assert settings.amqp_url.password.get_secret_value() == secret
+
+
+def test_url_encoded_passwords_round_trip_and_are_scrubbed() -> None:
+    url = ServiceUrl.parse("amqp://u:p%40ss%2Fword@h:5672/%2F")
+    assert url.password is not None and url.password.get_secret_value() == "p@ss/word"
+    assert url.reveal() == "amqp://u:p%40ss%2Fword@h:5672/%2F"
+    assert scrub("failed: p@ss/word and p%40ss%2Fword") == "failed: *** and ***"
+
+
+def test_log_lines_are_scrubbed(capsys: pytest.CaptureFixture[str]) -> None:
+    Settings(amqp_url="amqp://u:hunter2-secret@h:5672/%2F")
+    logs.configure("INFO", "json")
+    logging.getLogger("test").warning("connecting with hunter2-secret", extra={"stage": "t"})
+    logs.configure("INFO", "text")
+    logging.getLogger("test").warning("again hunter2-secret")
+    captured = capsys.readouterr().err
+    assert "hunter2-secret" not in captured
+    assert captured.count("***") == 2
+
+
+def test_chdb_paths_relative_and_absolute(tmp_path: Path) -> None:
+    assert (
+        Settings(clickhouse_url=f"chdb://{tmp_path}/wh").clickhouse_url.local_path()
+        == tmp_path / "wh"
+    )
+    relative = Settings(clickhouse_url="chdb://.cdcflow/warehouse").clickhouse_url.local_path()
+    assert relative == (Path.cwd() / ".cdcflow" / "warehouse").resolve()
+
+
+def test_amqps_uses_tls_with_the_given_ca(tmp_path: Path) -> None:
+    system_bundle = ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt"
+    ca = tmp_path / "ca.pem"
+    ca.write_text(Path(system_bundle).read_text())  # any valid CA bundle loads
+    settings = Settings(amqp_url="amqps://u:p@mq.example:5671/%2F", amqp_tls_ca_file=ca)
+    params = broker.connection_parameters(settings)
+    assert params.ssl_options is not None
+    assert params.ssl_options.server_hostname == "mq.example"
+    assert params.port == 5671
+
+
+def test_missing_tls_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="does not exist"):
+        Settings(amqp_url="amqps://u:p@mq:5671/%2F", amqp_tls_ca_file=tmp_path / "nope.pem")

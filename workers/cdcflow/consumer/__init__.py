@@ -1,0 +1,1 @@
+"""The consumer: a Beam pipeline from RabbitMQ to ClickHouse."""

@@ -1,0 +1,228 @@
+"""The failed queue: what goes in, with which headers, and how it comes back out.
+
+A message that can never load (unreadable, or its document breaks a rejecting
+cleaning rule) is published to ``<collection>.failed`` unchanged, with headers
+that say why, and only then acknowledged on the main queue. A message that
+crashed consumers ``x-delivery-limit`` times is moved there by the broker itself
+(its ``x-death`` header says so). ``cdcflow dlq`` reads, replays and purges it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pika
+import pika.exceptions
+from pika.adapters.blocking_connection import BlockingChannel
+from pika.spec import BasicProperties
+
+from cdcflow import broker
+from cdcflow.config import Settings
+from cdcflow.consumer.batches import Rejection
+from cdcflow.consumer.rabbitmq import Delivery, OutgoingMessage
+
+log = logging.getLogger(__name__)
+
+H_REASON = "x-cdcflow-reason"
+H_STAGE = "x-cdcflow-stage"
+H_DETAIL = "x-cdcflow-detail"
+H_FIRST_FAILURE = "x-cdcflow-first-failure"
+H_LAST_FAILURE = "x-cdcflow-last-failure"
+H_ATTEMPTS = "x-cdcflow-attempts"
+H_ROUTING_KEY = "x-cdcflow-original-routing-key"
+H_EXCHANGE = "x-cdcflow-original-exchange"
+DELIVERY_LIMIT_REASON = "delivery_limit_exceeded"
+
+
+def _now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def dead_letter(delivery: Delivery, rejection: Rejection, settings: Settings) -> OutgoingMessage:
+    """The failed-queue copy of a delivery: same body and message_id, reason in headers."""
+    original = delivery.properties
+    headers: dict[str, Any] = dict(original.headers or {})
+    attempts = int(headers.get(H_ATTEMPTS, 0) or 0) + 1
+    now = _now_iso()
+    headers.update(
+        {
+            H_REASON: rejection.reason,
+            H_STAGE: rejection.stage,
+            H_DETAIL: rejection.detail[:500],
+            H_FIRST_FAILURE: headers.get(H_FIRST_FAILURE) or now,
+            H_LAST_FAILURE: now,
+            H_ATTEMPTS: attempts,
+            H_ROUTING_KEY: headers.get(H_ROUTING_KEY) or delivery.routing_key,
+            H_EXCHANGE: headers.get(H_EXCHANGE) or delivery.exchange,
+        }
+    )
+    properties = BasicProperties(
+        content_type=original.content_type,
+        message_id=original.message_id,
+        timestamp=original.timestamp,
+        delivery_mode=pika.DeliveryMode.Persistent,
+        headers=headers,
+    )
+    return OutgoingMessage("", settings.failed_queue_name, delivery.body, properties)
+
+
+def reason_of(properties: BasicProperties) -> str:
+    """Why a failed-queue message is there: our header, or the broker's x-death."""
+    headers = properties.headers or {}
+    if H_REASON in headers:
+        return str(headers[H_REASON])
+    if "x-death" in headers or "x-first-death-reason" in headers:
+        return DELIVERY_LIMIT_REASON
+    return "unknown"
+
+
+# -------------------------------------------------------------------------------------
+# Reading the failed queue (cdcflow dlq ...)
+# -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FailedMessage:
+    tag: int
+    reason: str
+    stage: str
+    detail: str
+    attempts: int
+    first_failure: str
+    routing_key: str
+    message_id: str | None
+    body: bytes
+    properties: BasicProperties
+
+    def summary(self, max_body: int = 200) -> dict[str, Any]:
+        text = self.body[:max_body].decode("utf-8", errors="replace")
+        return {
+            "reason": self.reason,
+            "stage": self.stage,
+            "detail": self.detail,
+            "attempts": self.attempts,
+            "first_failure": self.first_failure,
+            "message_id": self.message_id,
+            "routing_key": self.routing_key,
+            "body": text + ("…" if len(self.body) > max_body else ""),
+        }
+
+
+def _failed_message(
+    tag: int, properties: BasicProperties, body: bytes, settings: Settings
+) -> FailedMessage:
+    headers = properties.headers or {}
+    return FailedMessage(
+        tag=tag,
+        reason=reason_of(properties),
+        stage=str(headers.get(H_STAGE, "broker")),
+        detail=str(headers.get(H_DETAIL, "")),
+        attempts=int(headers.get(H_ATTEMPTS, 0) or 0),
+        first_failure=str(headers.get(H_FIRST_FAILURE, "")),
+        routing_key=str(headers.get(H_ROUTING_KEY) or settings.routing_key),
+        message_id=properties.message_id,
+        body=body,
+        properties=properties,
+    )
+
+
+def _browse(ch: BlockingChannel, settings: Settings, limit: int | None) -> Iterator[FailedMessage]:
+    """Messages of the failed queue, left unacked on ``ch`` (closing it requeues them)."""
+    seen = 0
+    while limit is None or seen < limit:
+        method, properties, body = ch.basic_get(settings.failed_queue_name, auto_ack=False)
+        if method is None:
+            return
+        seen += 1
+        yield _failed_message(int(method.delivery_tag), properties, body, settings)
+
+
+@dataclass
+class Inspection:
+    total: int
+    reasons: Counter[str]
+    samples: dict[str, list[dict[str, Any]]]
+
+
+def inspect(settings: Settings, *, samples: int = 3, limit: int | None = None) -> Inspection:
+    """Count the failed queue by reason with a few samples each; changes nothing."""
+    reasons: Counter[str] = Counter()
+    kept: dict[str, list[dict[str, Any]]] = {}
+    with broker.channel(settings) as ch:
+        broker.declare_topology(ch, settings)
+        for message in _browse(ch, settings, limit):
+            reasons[message.reason] += 1
+            bucket = kept.setdefault(message.reason, [])
+            if len(bucket) < samples:
+                bucket.append(message.summary())
+        # Closing the channel without acking puts every browsed message back.
+    return Inspection(sum(reasons.values()), reasons, kept)
+
+
+@dataclass
+class ReplayResult:
+    replayed: int
+    kept: int
+    by_reason: Counter[str]
+
+
+def replay(
+    settings: Settings,
+    *,
+    reasons: Sequence[str] = (),
+    dry_run: bool = False,
+    limit: int | None = None,
+) -> ReplayResult:
+    """Republish failed messages to the main exchange, keeping ``message_id``.
+
+    Only messages whose reason is in ``reasons`` (all if empty). Each is published
+    with confirms before it is removed from the failed queue, so a crash replays
+    it twice at worst, never zero times. The failure headers stay (attempts
+    count up if it fails again); the reason header is dropped.
+    """
+    replayed = kept = 0
+    by_reason: Counter[str] = Counter()
+    with broker.channel(settings) as ch:
+        broker.declare_topology(ch, settings)
+        ch.confirm_delivery()
+        for message in _browse(ch, settings, limit):
+            if reasons and message.reason not in reasons:
+                kept += 1
+                continue
+            by_reason[message.reason] += 1
+            replayed += 1
+            if dry_run:
+                continue
+            headers = {
+                key: value
+                for key, value in (message.properties.headers or {}).items()
+                if key not in (H_REASON, H_STAGE, H_DETAIL)
+                and not key.startswith("x-death")
+                and not key.startswith("x-first-death")
+                and not key.startswith("x-last-death")
+            }
+            properties = BasicProperties(
+                content_type=message.properties.content_type,
+                message_id=message.message_id,
+                timestamp=message.properties.timestamp,
+                delivery_mode=pika.DeliveryMode.Persistent,
+                headers=headers,
+            )
+            ch.basic_publish(
+                settings.exchange, message.routing_key, message.body, properties, mandatory=True
+            )
+            ch.basic_ack(message.tag)
+    return ReplayResult(replayed, kept, by_reason)
+
+
+def purge(settings: Settings) -> int:
+    """Delete every message of the failed queue; returns how many."""
+    with broker.channel(settings) as ch:
+        broker.declare_topology(ch, settings)
+        frame = ch.queue_purge(settings.failed_queue_name)
+        return int(frame.method.message_count)

@@ -1,0 +1,111 @@
+"""Process-wide state the consumer's DoFns share: the stop flag and open connections.
+
+Beam instantiates DoFns from pickled copies, so they cannot hold references to
+each other. The source, the sink and the dead-letter step of one pipeline run in
+one fused stage of one worker process, so they meet here instead: the source
+registers its RabbitMQ connection under a key that travels with each batch, and
+a SIGTERM handler sets :data:`STOP` for all of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from cdcflow.consumer.rabbitmq import RabbitConsumer
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+STOP = threading.Event()
+"""Set on SIGTERM: sources stop taking messages, retry loops give up."""
+
+_consumers: dict[str, RabbitConsumer] = {}
+_lock = threading.Lock()
+
+
+class Abandoned(RuntimeError):
+    """A batch given up because the process is stopping; it was not acked, so the
+    broker delivers it again to the next consumer."""
+
+
+def register(key: str, consumer: RabbitConsumer) -> None:
+    with _lock:
+        _consumers[key] = consumer
+
+
+def unregister(key: str) -> RabbitConsumer | None:
+    with _lock:
+        return _consumers.pop(key, None)
+
+
+def lookup(key: str) -> RabbitConsumer:
+    with _lock:
+        consumer = _consumers.get(key)
+    if consumer is None:
+        raise RuntimeError(
+            f"no RabbitMQ consumer {key!r} in this process: the dead-letter step must be "
+            "fused with the source (do not put a shuffle between them)"
+        )
+    return consumer
+
+
+def close_all() -> None:
+    with _lock:
+        consumers = list(_consumers.items())
+        _consumers.clear()
+    for _, consumer in consumers:
+        consumer.close()
+
+
+def retry_until_done(
+    action: Callable[[], T],
+    *,
+    what: str,
+    on_failure: Callable[[Exception], None] | None = None,
+    initial_s: float = 0.5,
+    max_s: float = 15.0,
+    sleep: Callable[[float], bool] = STOP.wait,
+) -> T:
+    """Run ``action`` until it succeeds, backing off exponentially.
+
+    For transient failures (a warehouse or broker that is down): nothing is acked
+    meanwhile, so waiting loses nothing. Gives up only when :data:`STOP` is set,
+    raising :class:`Abandoned`. ``sleep`` returns True to stop (Event.wait).
+    """
+    delay = initial_s
+    attempt = 0
+    started = time.monotonic()
+    while True:
+        attempt += 1
+        try:
+            result = action()
+        except Exception as error:  # every failure of the action is retried
+            if on_failure is not None:
+                on_failure(error)
+            log.warning(
+                "%s failed (%s: %s); retry %d in %.1f s (down for %.0f s so far)",
+                what,
+                type(error).__name__,
+                str(error).splitlines()[0][:200] if str(error) else "",
+                attempt,
+                delay,
+                time.monotonic() - started,
+                extra={"stage": "consumer", "attempt": attempt},
+            )
+            if sleep(delay):
+                raise Abandoned(f"{what}: stopping before it succeeded") from error
+            delay = min(delay * 2, max_s)
+            continue
+        if attempt > 1:
+            log.info(
+                "%s succeeded after %d attempts (%.1f s)",
+                what,
+                attempt,
+                time.monotonic() - started,
+                extra={"stage": "consumer", "attempt": attempt},
+            )
+        return result

@@ -1,0 +1,196 @@
+"""``WriteToClickHouse`` and ``PublishDeadLetters``: the two ends of a batch.
+
+Both run synchronously inside the bundle that read the batch and raise rather
+than return on a failure they cannot retry, so a bundle that finishes has put
+every row in the warehouse and every rejected message in the failed queue; only
+then does the source's finalizer ack.
+
+Warehouse writes are idempotent (ReplacingMergeTree collapses equal
+``(doc_id, version)``), so retrying an insert that may have landed is safe.
+Transient failures (warehouse down, chdb folder locked by another process) are
+retried with backoff for as long as it takes; a good message is never
+dead-lettered because the warehouse was away.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cdcflow import metrics
+from cdcflow.config import Settings
+from cdcflow.consumer import runtime
+from cdcflow.consumer.batches import ProcessedBatch, loaded_now, process_batch
+from cdcflow.consumer.deadletter import dead_letter
+from cdcflow.consumer.source import ConsumedBatch
+from cdcflow.warehouse.client import Warehouse
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TransformedBatch:
+    consumed: ConsumedBatch
+    processed: ProcessedBatch
+
+
+class TransformBatch(beam.PTransform[Any, Any]):
+    """Parse, clean, transform and enrich each batch (pure, see ``batches``)."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__()
+        self._collection = settings.mongo_collection
+
+    def expand(self, batches: Any) -> Any:
+        collection = self._collection
+
+        def transform(batch: ConsumedBatch) -> TransformedBatch:
+            processed = process_batch(
+                [delivery.body for delivery in batch.deliveries],
+                [delivery.properties.content_type for delivery in batch.deliveries],
+                collection=collection,
+            )
+            return TransformedBatch(batch, processed)
+
+        return batches | "Transform" >> beam.Map(transform)
+
+
+class _WriteFn(beam.DoFn):
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._warehouse: Warehouse | None = None
+
+    def setup(self) -> None:
+        self._warehouse = None
+
+    def _open(self) -> Warehouse:
+        if self._warehouse is None:
+            self._warehouse = Warehouse(self._settings)
+        return self._warehouse
+
+    def _drop(self, error: Exception) -> None:
+        """After a failure, reconnect next time (a chdb folder lock, a dead socket)."""
+        metrics.WAREHOUSE_RETRIES.inc()
+        if self._warehouse is not None:
+            self._warehouse.close()
+            self._warehouse = None
+
+    def process(self, batch: TransformedBatch) -> Iterator[TransformedBatch]:
+        processed = batch.processed
+        rows = processed.rows
+        if rows.num_rows:
+            loaded_at = loaded_now()
+            table = rows.append_column(
+                "loaded_at", pa.array([loaded_at] * rows.num_rows, pa.timestamp("us", tz="UTC"))
+            )
+            started = time.perf_counter()
+            runtime.retry_until_done(
+                lambda: self._open().insert(table),
+                what=f"warehouse insert of {rows.num_rows} rows",
+                on_failure=self._drop,
+            )
+            metrics.LOAD_SECONDS.observe(time.perf_counter() - started)
+            metrics.LAST_LOAD_TIMESTAMP.set(loaded_at.timestamp())
+            for op, count in processed.rows_by_op.items():
+                metrics.ROWS_LOADED.labels(op=op).inc(count)
+            _observe_freshness(rows.column("cluster_time"), loaded_at.timestamp())
+        for sweep_version in processed.sweeps:
+            swept = runtime.retry_until_done(
+                functools.partial(self._sweep, sweep_version),
+                what="snapshot sweep",
+                on_failure=self._drop,
+            )
+            metrics.ROWS_SWEPT.inc(swept)
+            log.info(
+                "snapshot complete: %d documents it did not see marked deleted",
+                swept,
+                extra={"stage": "consumer", "version": sweep_version, "count": swept},
+            )
+        for rule, count in processed.fixes.items():
+            metrics.ROWS_FIXED.labels(rule=rule).inc(count)
+        for reason, count in processed.ignored.items():
+            metrics.MESSAGES_IGNORED.labels(reason=reason).inc(count)
+        yield batch
+
+    def _sweep(self, version: int) -> int:
+        return self._open().sweep(version)
+
+    def teardown(self) -> None:
+        if self._warehouse is not None:
+            self._warehouse.close()
+            self._warehouse = None
+
+
+def _observe_freshness(cluster_times: pa.ChunkedArray, loaded_at: float) -> None:
+    """Load time minus source time per row (snapshot rows have no source time)."""
+    seconds = pc.divide(pc.cast(cluster_times, pa.int64()), 1_000_000.0)
+    for value in seconds.to_pylist():
+        if value is not None:
+            metrics.FRESHNESS_SECONDS.observe(max(0.0, loaded_at - value))
+
+
+class WriteToClickHouse(beam.PTransform[Any, Any]):
+    """Insert each batch's rows (and run its sweeps) before the bundle may commit."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__()
+        self._settings = settings
+
+    def expand(self, batches: Any) -> Any:
+        return batches | "Write" >> beam.ParDo(_WriteFn(self._settings))
+
+
+class _DeadLetterFn(beam.DoFn):
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+
+    def process(self, batch: TransformedBatch) -> Iterator[int]:
+        rejections = batch.processed.rejections
+        if not rejections:
+            return
+        deliveries = batch.consumed.deliveries
+        messages = [
+            dead_letter(deliveries[rejection.index], rejection, self._settings)
+            for rejection in rejections
+        ]
+        consumer = runtime.lookup(batch.consumed.consumer_key)
+        runtime.retry_until_done(
+            lambda: consumer.publish(messages),
+            what=f"publishing {len(messages)} messages to {self._settings.failed_queue_name}",
+            max_s=5.0,
+        )
+        for rejection in rejections:
+            metrics.MESSAGES_DEAD_LETTERED.labels(reason=rejection.reason).inc()
+            log.warning(
+                "dead-lettered: %s",
+                rejection.detail,
+                extra={
+                    "stage": f"consumer.{rejection.stage}",
+                    "reason": rejection.reason,
+                    "doc_id": _doc_id_hint(deliveries[rejection.index].properties.message_id),
+                },
+            )
+        yield len(rejections)
+
+
+def _doc_id_hint(message_id: str | None) -> str:
+    return message_id or "-"
+
+
+class PublishDeadLetters(beam.PTransform[Any, Any]):
+    """Send each batch's rejected messages to ``<collection>.failed`` with confirms."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__()
+        self._settings = settings
+
+    def expand(self, batches: Any) -> Any:
+        return batches | "DeadLetter" >> beam.ParDo(_DeadLetterFn(self._settings))
