@@ -1,0 +1,161 @@
+"""Grafana dashboards: committed JSON equals the generator, panels are well formed, use the
+datasource variable, and read only metrics that cdcflow.metrics defines; every metric is
+on a dashboard unless the reviewed allow-list below says why not.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from cdcflow import alerts, dashboards, metrics
+
+METRIC_NAME = re.compile(r"\b(cdcflow_[a-z0-9_]+|up)\b")
+
+# Metrics defined in cdcflow.metrics but shown on no dashboard, each with the reason it was
+# left off. Adding a metric to cdcflow.metrics fails test_unused_metrics_are_the_reviewed_allow_list
+# until it is put on a dashboard or listed here.
+UNUSED_ALLOWED: dict[str, str] = {}
+
+
+def _committed() -> dict[str, dict[str, Any]]:
+    files = sorted(dashboards.DASHBOARDS_DIR.glob("*.json"))
+    return {path.name: json.loads(path.read_text()) for path in files}
+
+
+def _panels(board: dict[str, Any]) -> list[dict[str, Any]]:
+    return [panel for panel in board["panels"] if panel["type"] != "row"]
+
+
+def _exprs(board: dict[str, Any]) -> list[str]:
+    return [target["expr"] for panel in _panels(board) for target in panel["targets"]]
+
+
+def _family(sample: str) -> str:
+    families = [info.name for info in metrics.catalog()]
+    return max((f for f in families if sample == f or sample.startswith(f + "_")), key=len)
+
+
+def test_committed_dashboards_match_the_generator() -> None:
+    rendered = dashboards.render_all()
+    assert sorted(p.name for p in rendered) == sorted(_committed())
+    for path, text in rendered.items():
+        assert path.read_text() == text, (
+            f"{path} is stale: run python -m cdcflow.dashboards --write"
+        )
+
+
+def test_write_all_regenerates_into_a_directory(tmp_path: Path) -> None:
+    written = dashboards.write_all(tmp_path)
+    assert sorted(p.name for p in written) == sorted(_committed())
+    for path in written:
+        assert path.read_text() == (dashboards.DASHBOARDS_DIR / path.name).read_text()
+    assert dashboards.write_all(tmp_path) == []
+
+
+def test_one_overview_and_one_dashboard_per_component() -> None:
+    boards = _committed()
+    assert sorted(board["uid"] for board in boards.values()) == [
+        "cdcflow-consumer",
+        "cdcflow-overview",
+        "cdcflow-producer",
+    ]
+    for name, board in boards.items():
+        assert name == f"{board['uid']}.json"
+        assert "id" not in board, "a numeric id breaks provisioning into another Grafana"
+        assert dashboards.TAG in board["tags"]
+        assert board["schemaVersion"] >= 39
+
+
+def test_panels_have_unique_ids_and_fit_the_grid() -> None:
+    for name, board in _committed().items():
+        ids = [panel["id"] for panel in board["panels"]]
+        assert len(ids) == len(set(ids)), f"{name}: duplicate panel ids"
+        cells: set[tuple[int, int]] = set()
+        for panel in board["panels"]:
+            pos = panel["gridPos"]
+            assert pos["x"] >= 0 and pos["x"] + pos["w"] <= 24, f"{name}: {panel['title']}"
+            area = {
+                (x, y)
+                for x in range(pos["x"], pos["x"] + pos["w"])
+                for y in range(pos["y"], pos["y"] + pos["h"])
+            }
+            assert not area & cells, f"{name}: {panel['title']} overlaps another panel"
+            cells |= area
+        for panel in _panels(board):
+            assert panel["title"] and panel["description"], f"{name}: panel {panel['id']}"
+            assert panel["targets"], f"{name}: {panel['title']} has no query"
+
+
+def test_every_query_uses_the_datasource_variable() -> None:
+    for name, board in _committed().items():
+        variables = {v["name"]: v for v in board["templating"]["list"]}
+        assert variables["datasource"]["type"] == "datasource"
+        assert variables["datasource"]["query"] == "prometheus"
+        for panel in _panels(board):
+            assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+            for target in panel["targets"]:
+                assert target["datasource"]["uid"] == "${datasource}", f"{name}: {panel['title']}"
+        uids = re.findall(r'"uid": "([^"]*)"', json.dumps(board))
+        assert set(uids) == {board["uid"], "${datasource}"}, f"{name}: a fixed datasource uid"
+
+
+def test_every_metric_on_a_dashboard_exists() -> None:
+    known = metrics.exposed_names() | alerts.BUILTIN_SERIES
+    for name, board in _committed().items():
+        for expr in _exprs(board):
+            used = set(METRIC_NAME.findall(expr))
+            assert used, f"{name}: {expr} reads no metric"
+            assert used <= known, f"{name}: unknown metric {used - known} in {expr}"
+
+
+def test_unused_metrics_are_the_reviewed_allow_list() -> None:
+    used = {
+        _family(sample)
+        for board in _committed().values()
+        for expr in _exprs(board)
+        for sample in METRIC_NAME.findall(expr)
+        if sample != "up"
+    }
+    unused = {info.name for info in metrics.catalog()} - used
+    assert unused == set(UNUSED_ALLOWED), (
+        "put these metrics on a dashboard or add them, with a reason, to UNUSED_ALLOWED: "
+        f"{sorted(unused - set(UNUSED_ALLOWED))}; no longer unused: "
+        f"{sorted(set(UNUSED_ALLOWED) - unused)}"
+    )
+
+
+def test_overview_shows_the_whole_pipeline() -> None:
+    overview = _committed()["cdcflow-overview.json"]
+    exprs = "\n".join(_exprs(overview))
+    for stage in ("events_captured", "events_published", "messages_consumed", "rows_loaded"):
+        assert f"rate(cdcflow_{stage}_total[$__rate_interval])" in exprs
+    assert "sum by (reason) (rate(cdcflow_messages_dead_lettered_total" in exprs
+    assert "cdcflow_capture_lag_seconds" in exprs
+    for q in ("0.5", "0.99"):
+        assert (
+            f"histogram_quantile({q}, sum by (le) (rate(cdcflow_freshness_seconds_bucket" in exprs
+        )
+    assert 'cdcflow_queue_depth_messages{queue="main"}' in exprs
+    assert 'cdcflow_queue_depth_messages{queue="failed"}' in exprs
+    assert "sum by (job, service) (rate(cdcflow_reconnects_total" in exprs
+
+
+def test_panel_thresholds_follow_the_alert_thresholds() -> None:
+    overview = _committed()["cdcflow-overview.json"]
+    lag = next(p for p in _panels(overview) if p["title"] == "Capture lag" and p["type"] == "stat")
+    steps = lag["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert steps[-1] == {"color": "red", "value": alerts.DEFAULT_THRESHOLDS.capture_lag_seconds}
+
+
+def test_descriptions_quote_the_metric_help_text() -> None:
+    producer = _committed()["cdcflow-producer.json"]
+    saves = next(p for p in _panels(producer) if p["title"] == "Resume token saves")
+    help_text = next(i.help for i in metrics.catalog() if i.name == "cdcflow_resume_token_saves")
+    assert f"cdcflow_resume_token_saves_total: {help_text}" in saves["description"]
+
+
+def test_sidecar_labels_follow_the_grafana_convention() -> None:
+    assert dashboards.SIDECAR_LABELS == {"grafana_dashboard": "1"}
