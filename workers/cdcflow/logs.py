@@ -80,3 +80,11 @@ def configure(level: str = "INFO", fmt: str = "text", stream: Any = None) -> Non
     # Client libraries narrate every connection step at INFO; keep their warnings.
     for noisy in ("pika", "pymongo", "urllib3", "apache_beam", "kopf", "clickhouse_connect"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    # pika logs each failed connection attempt at ERROR with a traceback, then hands
+    # the error to the caller, which reports it in one line (service, where, retry).
+    for chatty in (
+        "pika.adapters.utils.connection_workflow",
+        "pika.adapters.utils.io_services_utils",
+        "pika.adapters.blocking_connection",
+    ):
+        logging.getLogger(chatty).setLevel(logging.CRITICAL)
