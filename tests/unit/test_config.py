@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import ssl
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -15,7 +16,7 @@ from cdcflow.urls import ServiceUrl, scrub
 
 
 def test_defaults_run_the_local_stack() -> None:
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None)
     assert settings.mongo_uri.where == "127.0.0.1:27017"
     assert settings.amqp_url.scheme == "amqp"
     assert settings.clickhouse_url.scheme == "chdb"
@@ -66,8 +67,9 @@ def test_atlas_and_replica_set_uris_are_accepted(uri: str) -> None:
     ],
 )
 def test_wrong_values_are_refused(field: str, value: str) -> None:
+    values: dict[str, Any] = {field: value}
     with pytest.raises(ValidationError):
-        Settings(**{field: value})
+        Settings(**values)
 
 
 def test_the_mix_must_add_up() -> None:

@@ -25,7 +25,7 @@ def test_a_clean_batch_keeps_every_row_in_order() -> None:
 
 
 def test_bad_rows_are_rejected_and_their_neighbours_kept() -> None:
-    documents = [_doc(i) for i in range(10)]
+    documents: list[Any] = [_doc(i) for i in range(10)]
     documents[3] = _doc(3, watched_time="two minutes")
     documents[7] = _doc(7, total_video_time=0)
     documents[8] = "not a document"

@@ -155,6 +155,12 @@ class Settings(BaseSettings):
     log_format: LogFormat = Field(LogFormat.text, description="Log format: text or json.")
     log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
     data_dir: Path = Field(Path(".cdcflow"), description="Local state of the demo (git-ignored).")
+    producer_metrics_url: str = Field(
+        "http://127.0.0.1:9464/metrics", description="Where `cdcflow status` reads the producer."
+    )
+    consumer_metrics_url: str = Field(
+        "http://127.0.0.1:9465/metrics", description="Where `cdcflow status` reads the consumer."
+    )
 
     @field_validator("mongo_uri")
     @classmethod
@@ -249,3 +255,15 @@ class Settings(BaseSettings):
 def load_settings(**overrides: Any) -> Settings:
     """Settings from CLI overrides (those not None), then environment, ``.env``, defaults."""
     return Settings(**{key: value for key, value in overrides.items() if value is not None})
+
+
+def settings_markdown() -> str:
+    """The configuration table of the README, generated from the fields above."""
+    lines = ["| environment variable | default | meaning |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if isinstance(default, StrEnum):
+            default = default.value
+        shown = "" if default is None else f"`{default}`"
+        lines.append(f"| `CDCFLOW_{name.upper()}` | {shown} | {field.description or ''} |")
+    return "\n".join(lines)

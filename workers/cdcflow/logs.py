@@ -17,19 +17,6 @@ import orjson
 
 from cdcflow.urls import scrub
 
-CONTEXT_FIELDS = (
-    "stage",
-    "op",
-    "doc_id",
-    "version",
-    "reason",
-    "queue",
-    "service",
-    "where",
-    "count",
-    "attempt",
-)
-
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
 

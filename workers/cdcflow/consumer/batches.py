@@ -19,6 +19,7 @@ What happens to each message:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import decimal
 from collections import Counter
@@ -66,6 +67,8 @@ class Rejection:
     reason: str  # a rule code (cdcflow.rules) or a message reason code
     stage: str  # "parse" or "clean"
     detail: str
+    doc_id: str | None = None  # known once the envelope was read
+    version: int | None = None
 
 
 @dataclass
@@ -118,11 +121,11 @@ def parse_message(
     if envelope.op is not Operation.SNAPSHOT_END and not envelope.id:
         return Rejection(-1, "missing_document_id", "parse", f"{envelope.op.value} without id")
     if envelope.ns.coll != collection:
-        return Rejection(
-            -1, "wrong_collection", "parse", f"event of {envelope.ns.db}.{envelope.ns.coll}"
-        )
+        detail = f"event of {envelope.ns.db}.{envelope.ns.coll}"
+        return Rejection(-1, "wrong_collection", "parse", detail, envelope.id, envelope.version)
     if envelope.op in (Operation.INSERT, Operation.SNAPSHOT) and envelope.doc is None:
-        return Rejection(-1, "invalid_envelope", "parse", f"{envelope.op.value} without doc")
+        detail = f"{envelope.op.value} without doc"
+        return Rejection(-1, "invalid_envelope", "parse", detail, envelope.id, envelope.version)
     return envelope
 
 
@@ -143,7 +146,7 @@ def process_batch(
     for index, (body, content_type) in enumerate(zip(bodies, content_types, strict=True)):
         parsed = parse_message(body, content_type, collection)
         if isinstance(parsed, Rejection):
-            rejections.append(Rejection(index, parsed.reason, parsed.stage, parsed.detail))
+            rejections.append(dataclasses.replace(parsed, index=index))
         elif parsed.op is Operation.DELETE:
             tombstones.append(parsed)
         elif parsed.op is Operation.SNAPSHOT_END:
@@ -156,7 +159,12 @@ def process_batch(
 
     cleaned = clean_documents([envelope.doc for envelope in documents])
     for position, (reason, detail) in sorted(cleaned.rejected.items()):
-        rejections.append(Rejection(doc_positions[position], reason, "clean", detail))
+        envelope = documents[position]
+        rejections.append(
+            Rejection(
+                doc_positions[position], reason, "clean", detail, envelope.id, envelope.version
+            )
+        )
     kept = [documents[position] for position in cleaned.kept]
 
     rows = _rows(kept, cleaned.columns, tombstones)

@@ -36,6 +36,7 @@ H_LAST_FAILURE = "x-cdcflow-last-failure"
 H_ATTEMPTS = "x-cdcflow-attempts"
 H_ROUTING_KEY = "x-cdcflow-original-routing-key"
 H_EXCHANGE = "x-cdcflow-original-exchange"
+H_DOC_ID = "x-cdcflow-doc-id"
 DELIVERY_LIMIT_REASON = "delivery_limit_exceeded"
 
 
@@ -61,6 +62,8 @@ def dead_letter(delivery: Delivery, rejection: Rejection, settings: Settings) ->
             H_EXCHANGE: headers.get(H_EXCHANGE) or delivery.exchange,
         }
     )
+    if rejection.doc_id is not None:
+        headers[H_DOC_ID] = rejection.doc_id
     properties = BasicProperties(
         content_type=original.content_type,
         message_id=original.message_id,

@@ -175,14 +175,12 @@ class _DeadLetterFn(beam.DoFn):
                 extra={
                     "stage": f"consumer.{rejection.stage}",
                     "reason": rejection.reason,
-                    "doc_id": _doc_id_hint(deliveries[rejection.index].properties.message_id),
+                    "doc_id": rejection.doc_id or "-",
+                    "version": rejection.version if rejection.version is not None else "-",
+                    "message_id": deliveries[rejection.index].properties.message_id or "-",
                 },
             )
         yield len(rejections)
-
-
-def _doc_id_hint(message_id: str | None) -> str:
-    return message_id or "-"
 
 
 class PublishDeadLetters(beam.PTransform[Any, Any]):

@@ -1,0 +1,309 @@
+"""``cdcflow demo``: the whole pipeline on one machine, end to end, then verified.
+
+Starts nx-27017 (MongoDB) under ``<data_dir>/demo``, checks the local RabbitMQ,
+runs the producer and the Beam consumer as child processes (as Kubernetes would
+run them: configured by environment, stopped by SIGTERM), drives the simulator,
+shows live progress from the workers' ``/metrics``, waits for the queue to drain,
+stops the consumer (chdb lets one process hold the warehouse) and then verifies,
+prints analytics and writes the report. Everything it started is stopped, even
+on Ctrl-C; every run starts from fresh demo data, so it can run twice in a row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from cdcflow import broker, localstack
+from cdcflow.config import Settings
+from cdcflow.errors import ServiceUnavailable
+from cdcflow.scrape import Scrape, ready, scrape
+
+DEMO_EXCHANGE = "cdcflow-demo"
+DEMO_QUEUE = "cdcflow-demo.viewing_logs"
+DRAIN_TIMEOUT_S = 180.0
+
+
+@dataclass
+class Worker:
+    name: str
+    process: subprocess.Popen[bytes]
+    metrics_url: str
+    log_path: Path
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_tail(self, lines: int = 15) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@dataclass
+class Progress:
+    written: int = 0
+    captured: float = 0
+    published: float = 0
+    consumed: float = 0
+    loaded: float = 0
+    dead_lettered: float = 0
+    queue_depth: float = 0
+    unconfirmed: float = 0
+    lag_s: float = 0
+    acked: float = 0
+
+    def table(self, phase: str) -> Table:
+        table = Table(title=f"cdcflow demo: {phase}", show_edge=False)
+        for column in (
+            "written",
+            "captured",
+            "published",
+            "loaded",
+            "dead-lettered",
+            "queue depth",
+            "capture lag",
+        ):
+            table.add_column(column, justify="right")
+        table.add_row(
+            f"{self.written:,}",
+            f"{self.captured:,.0f}",
+            f"{self.published:,.0f}",
+            f"{self.loaded:,.0f}",
+            f"{self.dead_lettered:,.0f}",
+            f"{self.queue_depth:,.0f}",
+            f"{self.lag_s:.2f} s",
+        )
+        return table
+
+
+def _demo_settings(settings: Settings, root: Path) -> Settings:
+    return settings.with_overrides(
+        mongo_collection="viewing_logs",
+        exchange=DEMO_EXCHANGE,
+        queue=DEMO_QUEUE,
+        clickhouse_url=f"chdb://{root / 'warehouse'}",
+    )
+
+
+def _start_worker(name: str, command: str, settings: Settings, root: Path) -> Worker:
+    port = localstack.free_port()
+    log_path = root / "logs" / f"{name}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = localstack.child_env(
+        mongo_uri=settings.mongo_uri.reveal(),
+        mongo_db=settings.mongo_db,
+        mongo_collection=settings.mongo_collection,
+        amqp_url=settings.amqp_url.reveal(),
+        exchange=settings.exchange,
+        queue=settings.queue_name,
+        clickhouse_url=settings.clickhouse_url.reveal(),
+        metrics_port=port,
+        metrics_host="127.0.0.1",
+        log_level="INFO",
+        log_format="text",
+    )
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cdcflow", command],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    return Worker(name, process, f"http://127.0.0.1:{port}", log_path)
+
+
+def _wait_ready(worker: Worker, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not worker.alive():
+            raise ServiceUnavailable(
+                f"cdcflow {worker.name}",
+                worker.metrics_url,
+                f"exited with code {worker.process.returncode}:\n{worker.log_tail()}",
+                f"see {worker.log_path}",
+            )
+        if ready(worker.metrics_url):
+            return
+        time.sleep(0.2)
+    raise ServiceUnavailable(
+        f"cdcflow {worker.name}",
+        worker.metrics_url,
+        f"not ready after {timeout:.0f} s",
+        f"see {worker.log_path}",
+    )
+
+
+def _observe(progress: Progress, producer: Scrape, consumer: Scrape) -> None:
+    if producer.ok:
+        progress.captured = producer.value("cdcflow_events_captured_total")
+        progress.published = producer.value("cdcflow_events_published_total")
+        progress.unconfirmed = producer.value("cdcflow_publish_unconfirmed_messages")
+        progress.lag_s = producer.value("cdcflow_capture_lag_seconds")
+    if consumer.ok:
+        progress.consumed = consumer.value("cdcflow_messages_consumed_total")
+        progress.acked = consumer.value("cdcflow_messages_acked_total")
+        progress.loaded = consumer.value("cdcflow_rows_loaded_total")
+        progress.dead_lettered = consumer.value("cdcflow_messages_dead_lettered_total")
+        progress.queue_depth = consumer.value("cdcflow_queue_depth_messages", queue="main")
+
+
+def _queue_ready_messages(settings: Settings) -> int:
+    with broker.channel(settings) as ch:
+        depth = broker.queue_depth(ch, settings.queue_name)
+    return depth.messages or 0
+
+
+def _drained(progress: Progress, settings: Settings) -> bool:
+    """Every written change captured, confirmed, delivered and acked."""
+    return (
+        progress.captured >= progress.written
+        and progress.unconfirmed == 0
+        and progress.published >= progress.captured - 0.5
+        and progress.consumed >= progress.published
+        and progress.acked >= progress.consumed
+        and _queue_ready_messages(settings) == 0
+    )
+
+
+@contextlib.contextmanager
+def _live(console: Console) -> Iterator[Live | None]:
+    if console.is_terminal:
+        with Live(console=console, refresh_per_second=4, transient=False) as live:
+            yield live
+    else:
+        yield None
+
+
+def run_demo(settings: Settings, console: Console) -> bool:
+    """Run the demo; True when verify found the warehouse equal to the source."""
+    from cdcflow.report import analytics_tables, write_report
+    from cdcflow.simulator import Simulator
+    from cdcflow.verify import verify
+    from cdcflow.warehouse.client import Warehouse
+
+    root = settings.data_dir.resolve() / "demo"
+    localstack.check_rabbitmq(settings.amqp_url.reveal(), settings.amqp_url.where)
+    for stale in ("mongo", "warehouse", "logs"):
+        shutil.rmtree(root / stale, ignore_errors=True)
+    mongo = localstack.start_mongo(root / "mongo")
+    settings = _demo_settings(settings.with_overrides(mongo_uri=mongo.uri), root)
+    with broker.channel(settings) as ch:  # a fresh queue: nothing left from an aborted run
+        for queue in (settings.queue_name, settings.failed_queue_name):
+            ch.queue_delete(queue)
+    workers: list[Worker] = []
+    started = time.monotonic()
+    try:
+        console.print(
+            f"MongoDB (nx-27017) on 127.0.0.1:{mongo.port}; RabbitMQ at "
+            f"{settings.amqp_url.where}; warehouse {settings.clickhouse_url.local_path()}"
+        )
+        producer = _start_worker("producer", "produce", settings, root)
+        workers.append(producer)
+        _wait_ready(producer)
+        consumer = _start_worker("consumer", "consume", settings, root)
+        workers.append(consumer)
+        _wait_ready(consumer)
+        console.print(
+            f"producer metrics: {producer.metrics_url}/metrics   "
+            f"consumer metrics: {consumer.metrics_url}/metrics   logs: {root / 'logs'}"
+        )
+        progress = Progress()
+        simulator_done = threading.Event()
+        target = settings.events or 0
+
+        def simulate() -> None:
+            try:
+                stats = Simulator(settings).run(
+                    on_progress=lambda s: setattr(progress, "written", s.events)
+                )
+                progress.written = stats.events
+            finally:
+                simulator_done.set()
+
+        thread = threading.Thread(target=simulate, name="simulator", daemon=True)
+        thread.start()
+        last_print = 0.0
+        with _live(console) as live:
+            deadline: float | None = None
+            while True:
+                _observe(
+                    progress,
+                    scrape(f"{producer.metrics_url}/metrics"),
+                    scrape(f"{consumer.metrics_url}/metrics"),
+                )
+                phase = "simulating" if not simulator_done.is_set() else "draining"
+                if live is not None:
+                    live.update(progress.table(phase))
+                elif time.monotonic() - last_print > 5:
+                    console.print(
+                        f"{phase}: written {progress.written:,} captured {progress.captured:,.0f} "
+                        f"published {progress.published:,.0f} loaded {progress.loaded:,.0f} "
+                        f"queue {progress.queue_depth:,.0f} lag {progress.lag_s:.2f}s"
+                    )
+                    last_print = time.monotonic()
+                for worker in workers:
+                    if not worker.alive():
+                        raise ServiceUnavailable(
+                            f"cdcflow {worker.name}",
+                            worker.metrics_url,
+                            f"exited with code {worker.process.returncode}:\n{worker.log_tail()}",
+                            f"see {worker.log_path}",
+                        )
+                if simulator_done.is_set():
+                    deadline = deadline or time.monotonic() + DRAIN_TIMEOUT_S
+                    if _drained(progress, settings):
+                        break
+                    if time.monotonic() > deadline:
+                        raise ServiceUnavailable(
+                            "cdcflow pipeline",
+                            str(root),
+                            f"the queue did not drain in {DRAIN_TIMEOUT_S:.0f} s",
+                            f"see the logs in {root / 'logs'}",
+                        )
+                time.sleep(0.5)
+        thread.join()
+        console.print(
+            f"simulated {progress.written:,} events (target {target:,}); captured "
+            f"{progress.captured:,.0f}, loaded {progress.loaded:,.0f} rows, dead-lettered "
+            f"{progress.dead_lettered:,.0f}"
+        )
+        for worker in reversed(workers):
+            code = localstack.terminate(worker.process)
+            if code != 0:
+                console.print(f"[yellow]{worker.name} exited with {code}: see {worker.log_path}")
+        workers.clear()
+        report = verify(settings)
+        console.print(report.summary(), highlight=False)
+        for example in report.examples:
+            console.print(f"  {example.kind:9} {example.doc_id}: {example.detail}", highlight=False)
+        with Warehouse(settings) as warehouse:
+            for table in analytics_tables(warehouse):
+                console.print(table)
+            files = write_report(warehouse, settings.data_dir.resolve() / "report")
+        console.print(f"report: {files.html}")
+        for png in files.pngs:
+            console.print(f"  chart: {png}")
+        console.print(f"demo finished in {time.monotonic() - started:.0f} s")
+        console.print(
+            f"failed queue kept for inspection: cdcflow dlq inspect --exchange "
+            f"{DEMO_EXCHANGE} --queue {DEMO_QUEUE}"
+        )
+        return report.equal
+    finally:
+        for worker in workers:
+            localstack.terminate(worker.process)
+        mongo.stop()
