@@ -155,11 +155,13 @@ class Settings(BaseSettings):
     log_format: LogFormat = Field(LogFormat.text, description="Log format: text or json.")
     log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
     data_dir: Path = Field(Path(".cdcflow"), description="Local state of the demo (git-ignored).")
-    producer_metrics_url: str = Field(
-        "http://127.0.0.1:9464/metrics", description="Where `cdcflow status` reads the producer."
+    producer_metrics_url: Url = Field(
+        default="http://127.0.0.1:9464/metrics",  # type: ignore[assignment]
+        description="Where `cdcflow status` reads the producer.",
     )
-    consumer_metrics_url: str = Field(
-        "http://127.0.0.1:9465/metrics", description="Where `cdcflow status` reads the consumer."
+    consumer_metrics_url: Url = Field(
+        default="http://127.0.0.1:9465/metrics",  # type: ignore[assignment]
+        description="Where `cdcflow status` reads the consumer.",
     )
 
     @field_validator("mongo_uri")
@@ -181,6 +183,13 @@ class Settings(BaseSettings):
     def _clickhouse_scheme(cls, url: ServiceUrl) -> ServiceUrl:
         if url.scheme not in ("chdb", "http", "https"):
             raise ValueError("ClickHouse URL must start with chdb://, http:// or https://")
+        return url
+
+    @field_validator("producer_metrics_url", "consumer_metrics_url")
+    @classmethod
+    def _http_scheme(cls, url: ServiceUrl) -> ServiceUrl:
+        if url.scheme not in ("http", "https"):
+            raise ValueError("a metrics URL must start with http:// or https://")
         return url
 
     @field_validator("mongo_db", "mongo_collection", "offsets_collection", "clickhouse_database")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import urllib.error
 import urllib.request
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from cdcflow.urls import ServiceUrl, scrub
 
 
 @dataclass
@@ -53,13 +56,28 @@ class Scrape:
         return previous_bound
 
 
-def scrape(url: str, timeout: float = 2.0) -> Scrape:
+def _request(url: str | ServiceUrl) -> urllib.request.Request:
+    """A GET request; credentials in the URL become a basic-auth header (urllib
+    would take them for part of the host name)."""
+    parsed = url if isinstance(url, ServiceUrl) else ServiceUrl.parse(url)
+    bare = ServiceUrl(
+        parsed.scheme, None, None, parsed.host, parsed.port, parsed.path, parsed.query
+    )
+    request = urllib.request.Request(bare.reveal())
+    if parsed.username is not None:
+        secret = parsed.password.get_secret_value() if parsed.password else ""
+        token = base64.b64encode(f"{parsed.username}:{secret}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    return request
+
+
+def scrape(url: str | ServiceUrl, timeout: float = 2.0) -> Scrape:
     """Fetch and parse ``url`` (a /metrics endpoint); never raises."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(_request(url), timeout=timeout) as response:
             text = response.read().decode("utf-8")
     except (urllib.error.URLError, OSError, ValueError) as error:
-        return Scrape(ok=False, error=str(getattr(error, "reason", error)))
+        return Scrape(ok=False, error=scrub(str(getattr(error, "reason", error))))
     samples: dict[str, list[tuple[dict[str, str], float]]] = defaultdict(list)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
