@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
+from cdcflow import broker
 from cdcflow.config import Settings
 from cdcflow.consumer import deadletter
 from cdcflow.consumer.pipeline import run_consumer
@@ -169,3 +170,20 @@ def test_sigterm_stops_within_ten_seconds_and_loses_nothing(
     assert len(loaded) + remaining >= total
     run_consumer(settings)
     assert len(current(settings)) == total
+
+
+def test_a_message_that_keeps_failing_is_dead_lettered_by_the_broker(settings: Settings) -> None:
+    """A message that crashes every consumer (requeued each time) must not block the queue
+    forever: after x-delivery-limit deliveries the broker moves it to the failed queue."""
+    limited = settings.with_overrides(delivery_limit=2)
+    publish(limited, [nx_change(1, limited.mongo_collection, "crashy", "insert")])
+    with broker.channel(limited) as ch:
+        for _ in range(3):
+            method, _properties, _body = ch.basic_get(limited.queue_name)
+            if method is None:
+                break
+            ch.basic_nack(method.delivery_tag, requeue=True)  # what a crash amounts to
+        assert ch.basic_get(limited.queue_name)[0] is None
+    _wait_for(lambda: depths(limited) == (0, 1), 10, "the broker to dead-letter it")
+    inspection = deadletter.inspect(limited)
+    assert inspection.reasons == {deadletter.DELIVERY_LIMIT_REASON: 1}

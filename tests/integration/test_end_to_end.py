@@ -8,12 +8,14 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from cdcflow.config import Settings
+from cdcflow.localstack import MongoServer, start_mongo
 from cdcflow.simulator import Simulator
 from cdcflow.verify import verify
 from tests.pipeline_support import Pipeline, wait_for
@@ -151,3 +153,30 @@ def test_producer_killed_mid_stream_and_restarted_loses_nothing(
     pipeline.drain_and_stop()
     report = verify(settings)
     assert report.equal, report.summary() + str(report.examples)
+
+
+def test_mongodb_killed_mid_stream_and_restarted_loses_nothing(
+    settings: Settings, tmp_path: Path, mongo: MongoServer
+) -> None:
+    """SIGKILL of the MongoDB server: the producer waits for it, resumes from its last
+    token and misses nothing (writes during the outage simply wait)."""
+    pipeline = Pipeline(settings, tmp_path / "run")
+    pipeline.start()
+    Simulator(settings.with_overrides(events=2000), run_tag="before").run()
+    wait_for(
+        lambda: pipeline.producer.metrics().value("cdcflow_events_published_total") >= 2000,
+        120,
+        "the first changes to be published",
+    )
+    mongo.kill()
+    time.sleep(8)  # longer than the driver's own server-selection wait
+    restarted = start_mongo(mongo.data_dir, port=mongo.port)
+    try:
+        Simulator(settings.with_overrides(events=2000), run_tag="after").run()
+        assert pipeline.producer.alive(), pipeline.producer.tail()
+        pipeline.drain_and_stop()
+        report = verify(settings)
+        assert report.equal, report.summary() + str(report.examples)
+        assert report.source_documents > 0
+    finally:
+        restarted.kill()

@@ -231,10 +231,6 @@ def consume(
     log_format: LogFormat = None,
 ) -> None:
     """Run the Beam pipeline: RabbitMQ → clean/transform/enrich → ClickHouse."""
-    from cdcflow.consumer import runtime
-    from cdcflow.consumer.pipeline import run_consumer
-    from cdcflow.health import Health, serve
-
     settings = _settings(
         runner=runner,
         idle_exit_s=idle_exit,
@@ -250,6 +246,11 @@ def consume(
         log_level=log_level,
         log_format=log_format,
     )
+    # Imported once logging is configured: Beam logs at import time.
+    from cdcflow.consumer import runtime
+    from cdcflow.consumer.pipeline import run_consumer
+    from cdcflow.health import Health, serve
+
     if "metrics_port" not in settings.model_fields_set:
         # The producer defaults to 9464; both may run on one host (the demo, a laptop).
         settings = settings.with_overrides(metrics_port=CONSUMER_METRICS_PORT)

@@ -55,10 +55,20 @@ class JsonFormatter(logging.Formatter):
         return scrub(orjson.dumps(payload, default=str).decode())
 
 
+# Import-time warnings of libraries that say nothing about cdcflow (Beam warns that
+# the BigQuery client is missing, which cdcflow never uses).
+_IRRELEVANT = ("apitools not found",)
+
+
+def _relevant(record: logging.LogRecord) -> bool:
+    return not (record.name == "root" and str(record.msg).startswith(_IRRELEVANT))
+
+
 def configure(level: str = "INFO", fmt: str = "text", stream: Any = None) -> None:
     """Install one handler on the root logger (idempotent: replaces earlier ones)."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(_relevant)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

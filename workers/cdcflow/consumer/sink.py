@@ -162,11 +162,24 @@ class _DeadLetterFn(beam.DoFn):
             for rejection in rejections
         ]
         consumer = runtime.lookup(batch.consumed.consumer_key)
-        runtime.retry_until_done(
-            lambda: consumer.publish(messages),
+        epoch = deliveries[0].epoch
+
+        def publish() -> bool:
+            if consumer.epoch != epoch:
+                # The connection that delivered this batch is gone: the broker delivers
+                # every message again, and they are dead-lettered then. Publishing now
+                # would only put a second copy in the failed queue.
+                return False
+            consumer.publish(messages)
+            return True
+
+        published = runtime.retry_until_done(
+            publish,
             what=f"publishing {len(messages)} messages to {self._settings.failed_queue_name}",
             max_s=5.0,
         )
+        if not published:
+            return
         for rejection in rejections:
             metrics.MESSAGES_DEAD_LETTERED.labels(reason=rejection.reason).inc()
             log.warning(

@@ -1,0 +1,201 @@
+"""Chaos: 20,000+ changes while processes die and the broker fails; nothing lost,
+nothing duplicated in what analysts read.
+
+At random but seeded moments the suite SIGKILLs the producer (3×) and the
+consumer (3×), closes every broker connection (2×) and restarts the broker
+application once (``rabbitmqctl stop_app`` / ``start_app``). A supervisor thread
+restarts dead workers the way Kubernetes would. At the end the pipeline drains,
+``verify`` must find the warehouse equal to the source, and one line reports::
+
+    chaos: events=<n> lost=0 duplicates=0 dead_lettered=<n> producer_kills=<n> ...
+
+``lost`` counts source documents missing or stale in the warehouse,
+``duplicates`` documents that appear more than once in the current (FINAL) view.
+The broker is left running and healthy.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from cdcflow.config import Settings
+from cdcflow.localstack import port_open
+from cdcflow.simulator import SimulationStats, Simulator
+from cdcflow.verify import verify
+from tests.pipeline_support import Pipeline, Worker
+from tests.support import depths
+
+pytestmark = [pytest.mark.chaos, pytest.mark.slow]
+
+SEED = 20261125
+EVENTS = 21000
+RATE = 420.0  # ~50 s of writes: room for nine faults a few seconds apart
+
+
+@dataclass(frozen=True)
+class Fault:
+    at_s: float
+    kind: str  # producer_kill | consumer_kill | connections_closed | broker_restart
+
+
+def schedule(seed: int, duration_s: float) -> list[Fault]:
+    """Nine faults at seeded moments, at least 3.5 s apart, inside the write phase."""
+    kinds = ["producer_kill"] * 3 + ["consumer_kill"] * 3 + ["connections_closed"] * 2
+    kinds.append("broker_restart")
+    rng = random.Random(seed)
+    rng.shuffle(kinds)
+    slots = len(kinds)
+    span = (duration_s - 8.0) / slots
+    return [
+        Fault(round(4.0 + index * span + rng.uniform(0, span - 3.5), 2), kind)
+        for index, kind in enumerate(kinds)
+    ]
+
+
+def rabbitmqctl(*args: str, timeout: float = 60) -> None:
+    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=timeout)
+
+
+def ensure_broker_running() -> None:
+    """Leave the broker as we found it: application started and accepting connections."""
+    subprocess.run(["rabbitmqctl", "start_app"], capture_output=True, timeout=120, check=False)
+    subprocess.run(["rabbitmqctl", "await_startup"], capture_output=True, timeout=120, check=False)
+    deadline = time.monotonic() + 60
+    while not port_open("127.0.0.1", 5672) and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
+class Supervisor:
+    """Restarts a worker that died, like a Deployment would (after a short back-off)."""
+
+    def __init__(self, workers: list[Worker]) -> None:
+        self.workers = workers
+        self.stop = threading.Event()
+        self.restarts: Counter[str] = Counter()
+        self.errors: list[str] = []
+        self.thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.wait(0.5):
+            for worker in self.workers:
+                if not worker.alive() and not self.stop.is_set():
+                    time.sleep(1.0)
+                    try:
+                        worker.start(wait_ready=False)
+                        self.restarts[worker.command] += 1
+                    except Exception as error:  # keep supervising; reported at the end
+                        self.errors.append(f"{worker.command}: {error!r}")
+
+    def __enter__(self) -> Supervisor:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(10)
+
+
+def inject(fault: Fault, pipeline: Pipeline) -> None:
+    if fault.kind == "producer_kill":
+        if pipeline.producer.alive():
+            pipeline.producer.kill()
+    elif fault.kind == "consumer_kill":
+        if pipeline.consumer.alive():
+            pipeline.consumer.kill()
+    elif fault.kind == "connections_closed":
+        rabbitmqctl("close_all_connections", "--vhost", "/", "cdcflow chaos suite")
+    elif fault.kind == "broker_restart":
+        rabbitmqctl("stop_app")
+        time.sleep(5.0)
+        rabbitmqctl("start_app")
+        rabbitmqctl("await_startup")
+
+
+def test_chaos(tmp_path: Path, make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(
+        events=EVENTS,
+        rate=RATE,
+        bad_ratio=0.02,
+        seed=SEED,
+        batch_max_messages=500,
+        write_batch=100,
+    )
+    faults = schedule(SEED, EVENTS / RATE)
+    started = time.monotonic()
+    pipeline = Pipeline(settings, tmp_path / "run")
+    pipeline.start()
+    injected: Counter[str] = Counter()
+    stats: list[SimulationStats] = []
+    writer = threading.Thread(
+        target=lambda: stats.append(Simulator(settings, run_tag="chaos").run()),
+        name="simulator",
+        daemon=True,
+    )
+    try:
+        with Supervisor([pipeline.producer, pipeline.consumer]) as supervisor:
+            writer.start()
+            for fault in faults:
+                delay = fault.at_s - (time.monotonic() - started)
+                if delay > 0:
+                    time.sleep(delay)
+                inject(fault, pipeline)
+                injected[fault.kind] += 1
+            writer.join(600)
+            assert stats, "the simulator did not finish"
+            # Give the restarted workers time to come back before draining.
+            time.sleep(3)
+        assert not supervisor.errors, supervisor.errors
+        for worker in (pipeline.producer, pipeline.consumer):
+            if not worker.alive():
+                worker.start()
+        pipeline.drain_and_stop(timeout=600)
+    finally:
+        ensure_broker_running()
+        for worker in (pipeline.producer, pipeline.consumer):
+            if worker.alive():
+                worker.kill()
+
+    report = verify(settings)
+    dead_lettered = depths(settings)[1]
+    seconds = round(time.monotonic() - started)
+    line = (
+        f"chaos: events={stats[0].events} lost={report.lost} duplicates={report.duplicates} "
+        f"dead_lettered={dead_lettered} producer_kills={injected['producer_kill']} "
+        f"consumer_kills={injected['consumer_kill']} "
+        f"broker_faults={injected['connections_closed'] + injected['broker_restart']} "
+        f"seconds={seconds}"
+    )
+    print(line)
+    (tmp_path / "chaos.txt").write_text(line + "\n")
+    assert stats[0].events >= 20000
+    assert injected["producer_kill"] >= 3 and injected["consumer_kill"] >= 3
+    assert injected["connections_closed"] >= 2 and injected["broker_restart"] >= 1
+    assert report.lost == 0, report.summary() + str(report.examples)
+    assert report.duplicates == 0, report.summary()
+    assert report.equal, report.summary() + str(report.examples)
+    assert port_open("127.0.0.1", 5672), "the broker must be left running"
+
+
+def test_schedule_is_seeded_and_spaced() -> None:
+    first, again = schedule(SEED, EVENTS / RATE), schedule(SEED, EVENTS / RATE)
+    assert first == again
+    assert Counter(fault.kind for fault in first) == {
+        "producer_kill": 3,
+        "consumer_kill": 3,
+        "connections_closed": 2,
+        "broker_restart": 1,
+    }
+    times = [fault.at_s for fault in first]
+    assert times == sorted(times)
+    assert all(later - earlier >= 3.5 for earlier, later in itertools.pairwise(times))
+    assert times[-1] < EVENTS / RATE
