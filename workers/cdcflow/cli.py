@@ -20,6 +20,7 @@ import orjson
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.text import Text
 
 from cdcflow import logs
 from cdcflow.config import Runner, Settings, load_settings
@@ -418,6 +419,19 @@ def report(
 # -------------------------------------------------------------------------------------
 
 
+def _broker_settings(
+    collection: str | None, amqp_url: str | None, exchange: str | None, queue: str | None
+) -> Settings:
+    """Settings of the dlq commands: only the broker side matters to them."""
+    return _settings(
+        mongo_collection=collection,
+        amqp_url=amqp_url,
+        exchange=exchange,
+        queue=queue,
+        log_level="ERROR",
+    )
+
+
 @dlq_app.command("inspect")
 @_expected_errors
 def dlq_inspect(
@@ -434,13 +448,7 @@ def dlq_inspect(
 
     from cdcflow.consumer import deadletter
 
-    settings = _settings(
-        mongo_collection=collection,
-        amqp_url=amqp_url,
-        exchange=exchange,
-        queue=queue,
-        log_level="ERROR",
-    )
+    settings = _broker_settings(collection, amqp_url, exchange, queue)
     inspection = deadletter.inspect(settings, samples=samples, limit=limit)
     if as_json:
         _print_json(
@@ -462,17 +470,17 @@ def dlq_inspect(
     for reason, count in inspection.reasons.most_common():
         sample = inspection.samples.get(reason, [{}])[0]
         table.add_row(
-            reason,
+            Text(reason),
             f"{count:,}",
-            str(sample.get("stage", "")),
-            str(sample.get("detail", "")) or str(sample.get("body", ""))[:80],
+            Text(str(sample.get("stage", ""))),
+            Text(str(sample.get("detail", "")) or str(sample.get("body", ""))[:80]),
         )
     out.print(table)
     for reason, items in inspection.samples.items():
         for item in items:
-            out.print(
-                f"[bold]{reason}[/] {item['message_id'] or '-'}: {item['body']}", highlight=False
-            )
+            # Payloads are untrusted text: never let rich read them as markup.
+            line = Text.assemble((reason, "bold"), f" {item['message_id'] or '-'}: {item['body']}")
+            out.print(line, highlight=False)
 
 
 @dlq_app.command("replay")
@@ -491,13 +499,7 @@ def dlq_replay(
     """Republish failed messages to the main exchange, keeping their message_id."""
     from cdcflow.consumer import deadletter
 
-    settings = _settings(
-        mongo_collection=collection,
-        amqp_url=amqp_url,
-        exchange=exchange,
-        queue=queue,
-        log_level="ERROR",
-    )
+    settings = _broker_settings(collection, amqp_url, exchange, queue)
     result = deadletter.replay(settings, reasons=reason or (), dry_run=dry_run, limit=limit)
     verb = "would replay" if dry_run else "replayed"
     detail = ", ".join(f"{name}: {count:,}" for name, count in result.by_reason.most_common())
@@ -519,13 +521,7 @@ def dlq_purge(
     """Delete every message of the failed queue (asks first)."""
     from cdcflow.consumer import deadletter
 
-    settings = _settings(
-        mongo_collection=collection,
-        amqp_url=amqp_url,
-        exchange=exchange,
-        queue=queue,
-        log_level="ERROR",
-    )
+    settings = _broker_settings(collection, amqp_url, exchange, queue)
     if not yes and not typer.confirm(
         f"Delete every message in {settings.failed_queue_name}? They cannot be replayed after."
     ):
