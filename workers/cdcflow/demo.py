@@ -50,6 +50,15 @@ class Worker:
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
+    def exited(self) -> ServiceUnavailable:
+        """The error to raise when this worker stopped on its own."""
+        return ServiceUnavailable(
+            f"cdcflow {self.name}",
+            self.metrics_url,
+            f"exited with code {self.process.returncode}:\n{self.log_tail()}",
+            f"see {self.log_path}",
+        )
+
 
 @dataclass
 class Progress:
@@ -130,12 +139,7 @@ def _wait_ready(worker: Worker, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not worker.alive():
-            raise ServiceUnavailable(
-                f"cdcflow {worker.name}",
-                worker.metrics_url,
-                f"exited with code {worker.process.returncode}:\n{worker.log_tail()}",
-                f"see {worker.log_path}",
-            )
+            raise worker.exited()
         if ready(worker.metrics_url):
             return
         time.sleep(0.2)
@@ -257,12 +261,7 @@ def run_demo(settings: Settings, console: Console) -> bool:
                     last_print = time.monotonic()
                 for worker in workers:
                     if not worker.alive():
-                        raise ServiceUnavailable(
-                            f"cdcflow {worker.name}",
-                            worker.metrics_url,
-                            f"exited with code {worker.process.returncode}:\n{worker.log_tail()}",
-                            f"see {worker.log_path}",
-                        )
+                        raise worker.exited()
                 if simulator_done.is_set():
                     deadline = deadline or time.monotonic() + DRAIN_TIMEOUT_S
                     if _drained(progress, settings):
