@@ -106,6 +106,18 @@ class Pipeline:
         self.producer.start()  # opens the stream before anything is written
         self.consumer.start()
 
+    def close(self) -> None:
+        """Kill whatever still runs: a failed test must not leave workers behind."""
+        for worker in (self.producer, self.consumer):
+            if worker.alive():
+                worker.kill()
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def head_sequence(self) -> int:
         """N of the newest change of the collection (nx-27017): a fresh stream starts there."""
         client: MongoClient[dict[str, object]] = MongoClient(

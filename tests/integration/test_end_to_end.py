@@ -56,103 +56,103 @@ def _status_json(settings: Settings, pipeline: Pipeline) -> dict[str, object]:
 def test_mixed_workload_end_to_end_is_verified_and_observed(
     settings: Settings, tmp_path: Path
 ) -> None:
-    pipeline = Pipeline(settings, tmp_path / "run")
-    pipeline.start()
-    targets = {
-        "cdcflow-producer": [f"127.0.0.1:{pipeline.producer.port}"],
-        "cdcflow-consumer": [f"127.0.0.1:{pipeline.consumer.port}"],
-    }
-    with running_prometheus(tmp_path / "prometheus", targets) as prometheus:
-        stats = Simulator(settings, run_tag="e2e").run()
-        assert stats.events == 4000 and stats.bad > 0
-        pipeline.wait_producer_caught_up()
-        wait_for(lambda: depths(settings)[0] == 0, 120, "the queue to drain")
-        consumer = pipeline.consumer.metrics()
-        producer = pipeline.producer.metrics()
-        wait_for(
-            lambda: (
-                pipeline.consumer.metrics().value("cdcflow_messages_acked_total")
-                >= producer.value("cdcflow_events_published_total")
-            ),
-            60,
-            "every message to be acked",
-        )
-        consumer = pipeline.consumer.metrics()
-        published = producer.value("cdcflow_events_published_total")
-        loaded = consumer.value("cdcflow_rows_loaded_total")
-        dead = consumer.value("cdcflow_messages_dead_lettered_total")
-        ignored = consumer.value("cdcflow_messages_ignored_total")
-        # Every change was captured and published once (plus the initial snapshot's end).
-        assert producer.value("cdcflow_events_captured_total") == stats.events
-        assert published == stats.events + 1
-        assert consumer.value("cdcflow_messages_consumed_total") == published
-        assert loaded + dead + ignored == stats.events
-        assert dead == depths(settings)[1] > 0
+    with Pipeline(settings, tmp_path / "run") as pipeline:
+        pipeline.start()
+        targets = {
+            "cdcflow-producer": [f"127.0.0.1:{pipeline.producer.port}"],
+            "cdcflow-consumer": [f"127.0.0.1:{pipeline.consumer.port}"],
+        }
+        with running_prometheus(tmp_path / "prometheus", targets) as prometheus:
+            stats = Simulator(settings, run_tag="e2e").run()
+            assert stats.events == 4000 and stats.bad > 0
+            pipeline.wait_producer_caught_up()
+            wait_for(lambda: depths(settings)[0] == 0, 120, "the queue to drain")
+            consumer = pipeline.consumer.metrics()
+            producer = pipeline.producer.metrics()
+            wait_for(
+                lambda: (
+                    pipeline.consumer.metrics().value("cdcflow_messages_acked_total")
+                    >= producer.value("cdcflow_events_published_total")
+                ),
+                60,
+                "every message to be acked",
+            )
+            consumer = pipeline.consumer.metrics()
+            published = producer.value("cdcflow_events_published_total")
+            loaded = consumer.value("cdcflow_rows_loaded_total")
+            dead = consumer.value("cdcflow_messages_dead_lettered_total")
+            ignored = consumer.value("cdcflow_messages_ignored_total")
+            # Every change was captured and published once (plus the initial snapshot's end).
+            assert producer.value("cdcflow_events_captured_total") == stats.events
+            assert published == stats.events + 1
+            assert consumer.value("cdcflow_messages_consumed_total") == published
+            assert loaded + dead + ignored == stats.events
+            assert dead == depths(settings)[1] > 0
 
-        # A real Prometheus scraped the same counters.
-        def scraped(expr: str) -> float:
-            result = prometheus.query(expr)
-            return float(result[0]["value"][1]) if result else -1.0
+            # A real Prometheus scraped the same counters.
+            def scraped(expr: str) -> float:
+                result = prometheus.query(expr)
+                return float(result[0]["value"][1]) if result else -1.0
 
-        prometheus.wait_for(
-            "the final loaded count",
-            lambda: scraped("sum(cdcflow_rows_loaded_total)") == loaded,
-            timeout_s=30,
-        )
-        prometheus.wait_for(
-            "the final published count",
-            lambda: scraped("sum(cdcflow_events_published_total)") == published,
-            timeout_s=30,
-        )
-        assert scraped("sum(cdcflow_messages_dead_lettered_total)") == dead
-        assert scraped('up{job="cdcflow-consumer"}') == 1.0
+            prometheus.wait_for(
+                "the final loaded count",
+                lambda: scraped("sum(cdcflow_rows_loaded_total)") == loaded,
+                timeout_s=30,
+            )
+            prometheus.wait_for(
+                "the final published count",
+                lambda: scraped("sum(cdcflow_events_published_total)") == published,
+                timeout_s=30,
+            )
+            assert scraped("sum(cdcflow_messages_dead_lettered_total)") == dead
+            assert scraped('up{job="cdcflow-consumer"}') == 1.0
 
-        status = _status_json(settings, pipeline)
-        stages = {stage["name"]: stage for stage in status["stages"]}  # type: ignore[attr-defined]
-        assert stages["loaded"]["total"] == loaded
-        assert stages["dead-lettered"]["total"] == dead
-        assert status["queue_depth"] == 0
-        assert status["failed_queue_depth"] == dead
+            status = _status_json(settings, pipeline)
+            stages = {stage["name"]: stage for stage in status["stages"]}  # type: ignore[attr-defined]
+            assert stages["loaded"]["total"] == loaded
+            assert stages["dead-lettered"]["total"] == dead
+            assert status["queue_depth"] == 0
+            assert status["failed_queue_depth"] == dead
 
-    exits = pipeline.drain_and_stop()
-    for name, (code, seconds) in exits.items():
-        assert code == 0, f"{name} exited {code}"
-        assert seconds < 10, f"{name} took {seconds:.1f} s to stop"
+        exits = pipeline.drain_and_stop()
+        for name, (code, seconds) in exits.items():
+            assert code == 0, f"{name} exited {code}"
+            assert seconds < 10, f"{name} took {seconds:.1f} s to stop"
 
-    report = verify(settings)
-    assert report.equal, report.summary() + str(report.examples)
-    assert report.source_documents == stats.inserts - stats.deletes
-    assert report.expected_live + report.rejected_by_rules == report.source_documents
-    # A document whose latest change was rejected keeps its last valid state.
-    assert report.expected_live <= report.warehouse_live <= report.source_documents
+        report = verify(settings)
+        assert report.equal, report.summary() + str(report.examples)
+        assert report.source_documents == stats.inserts - stats.deletes
+        assert report.expected_live + report.rejected_by_rules == report.source_documents
+        # A document whose latest change was rejected keeps its last valid state.
+        assert report.expected_live <= report.warehouse_live <= report.source_documents
 
 
 def test_producer_killed_mid_stream_and_restarted_loses_nothing(
     settings: Settings, tmp_path: Path
 ) -> None:
-    pipeline = Pipeline(settings, tmp_path / "run")
-    pipeline.start()
-    slow = settings.with_overrides(rate=800, events=6000)
-    done = threading.Event()
+    with Pipeline(settings, tmp_path / "run") as pipeline:
+        pipeline.start()
+        slow = settings.with_overrides(rate=800, events=6000)
+        done = threading.Event()
 
-    def simulate() -> None:
-        Simulator(slow, run_tag="kill").run()
-        done.set()
+        def simulate() -> None:
+            Simulator(slow, run_tag="kill").run()
+            done.set()
 
-    thread = threading.Thread(target=simulate, daemon=True)
-    thread.start()
-    wait_for(
-        lambda: pipeline.producer.metrics().value("cdcflow_events_published_total") > 1500,
-        120,
-        "the producer to publish",
-    )
-    pipeline.producer.kill()
-    pipeline.producer.start()
-    thread.join(120)
-    assert done.is_set()
-    pipeline.drain_and_stop()
-    report = verify(settings)
-    assert report.equal, report.summary() + str(report.examples)
+        thread = threading.Thread(target=simulate, daemon=True)
+        thread.start()
+        wait_for(
+            lambda: pipeline.producer.metrics().value("cdcflow_events_published_total") > 1500,
+            120,
+            "the producer to publish",
+        )
+        pipeline.producer.kill()
+        pipeline.producer.start()
+        thread.join(120)
+        assert done.is_set()
+        pipeline.drain_and_stop()
+        report = verify(settings)
+        assert report.equal, report.summary() + str(report.examples)
 
 
 def test_mongodb_killed_mid_stream_and_restarted_loses_nothing(
@@ -160,23 +160,23 @@ def test_mongodb_killed_mid_stream_and_restarted_loses_nothing(
 ) -> None:
     """SIGKILL of the MongoDB server: the producer waits for it, resumes from its last
     token and misses nothing (writes during the outage simply wait)."""
-    pipeline = Pipeline(settings, tmp_path / "run")
-    pipeline.start()
-    Simulator(settings.with_overrides(events=2000), run_tag="before").run()
-    wait_for(
-        lambda: pipeline.producer.metrics().value("cdcflow_events_published_total") >= 2000,
-        120,
-        "the first changes to be published",
-    )
-    mongo.kill()
-    time.sleep(8)  # longer than the driver's own server-selection wait
-    restarted = start_mongo(mongo.data_dir, port=mongo.port)
-    try:
-        Simulator(settings.with_overrides(events=2000), run_tag="after").run()
-        assert pipeline.producer.alive(), pipeline.producer.tail()
-        pipeline.drain_and_stop()
-        report = verify(settings)
-        assert report.equal, report.summary() + str(report.examples)
-        assert report.source_documents > 0
-    finally:
-        restarted.kill()
+    with Pipeline(settings, tmp_path / "run") as pipeline:
+        pipeline.start()
+        Simulator(settings.with_overrides(events=2000), run_tag="before").run()
+        wait_for(
+            lambda: pipeline.producer.metrics().value("cdcflow_events_published_total") >= 2000,
+            120,
+            "the first changes to be published",
+        )
+        mongo.kill()
+        time.sleep(8)  # longer than the driver's own server-selection wait
+        restarted = start_mongo(mongo.data_dir, port=mongo.port)
+        try:
+            Simulator(settings.with_overrides(events=2000), run_tag="after").run()
+            assert pipeline.producer.alive(), pipeline.producer.tail()
+            pipeline.drain_and_stop()
+            report = verify(settings)
+            assert report.equal, report.summary() + str(report.examples)
+            assert report.source_documents > 0
+        finally:
+            restarted.kill()

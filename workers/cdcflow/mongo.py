@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import pymongo
 from pymongo import MongoClient
 from pymongo.errors import (
     ConfigurationError,
@@ -35,6 +36,7 @@ HINT = (
     "start it (the local stack: `cdcflow demo` starts nx-27017), "
     "or check CDCFLOW_MONGO_URI (host, port, replica set, credentials)"
 )
+PING_TIMEOUT_S = 1.0
 _AUTH_CODES = frozenset({13, 18})  # Unauthorized, AuthenticationFailed
 
 Document = dict[str, Any]
@@ -140,8 +142,15 @@ def wait_for_mongo(
         before_sleep=before_sleep,
         reraise=True,
     )
+
+    def ping() -> None:
+        # A short, bounded ping (client-side operation timeout): a stop requested
+        # while the server is away must not wait out a whole server-selection timeout.
+        with pymongo.timeout(PING_TIMEOUT_S):
+            client.admin.command("ping")
+
     try:
-        retrying(client.admin.command, "ping")
+        retrying(ping)
     except ConnectionFailure:
         return False
     log.info("MongoDB at %s answers again", where, extra=context)

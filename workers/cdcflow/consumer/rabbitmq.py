@@ -34,7 +34,7 @@ from pika.spec import Basic, BasicProperties
 
 from cdcflow import broker, metrics
 from cdcflow.config import Settings
-from cdcflow.errors import ServiceUnavailable
+from cdcflow.errors import CdcflowError
 
 log = logging.getLogger(__name__)
 
@@ -243,20 +243,10 @@ class RabbitConsumer:
                 )
             )
 
-        try:
-            channel.basic_consume(self.settings.queue_name, on_message)
-        except pika.exceptions.ChannelClosedByBroker as error:
-            with contextlib.suppress(Exception):
-                connection.close()
-            if error.reply_code == 404:
-                raise ServiceUnavailable(
-                    broker.SERVICE,
-                    self.settings.amqp_url.where,
-                    f"queue {self.settings.queue_name!r} does not exist",
-                    "start the producer first (it declares the topology) or run "
-                    "`cdcflow init-broker`",
-                ) from None
-            raise
+        # Declaring is idempotent: a queue deleted while we were away (or never
+        # created, if the consumer starts first) comes back instead of failing us.
+        broker.declare_topology(channel, self.settings)
+        channel.basic_consume(self.settings.queue_name, on_message)
         self._connection, self._channel, self._publish_channel = (
             connection,
             channel,
@@ -301,7 +291,7 @@ class RabbitConsumer:
                     backoff = 0.5
                 assert self._connection is not None
                 self._connection.process_data_events(time_limit=_PUMP_SECONDS)
-            except (pika.exceptions.AMQPError, ServiceUnavailable, OSError) as error:
+            except (pika.exceptions.AMQPError, CdcflowError, OSError) as error:
                 self._connected.clear()
                 self._connection = self._channel = self._publish_channel = None
                 log.warning(

@@ -150,6 +150,7 @@ class Producer:
         self._next_flush = 0.0
         self._save_failing = False
         self._mongo_reconnects = 0
+        self._mongo_down = False
 
     # --- the loop --------------------------------------------------------------------
     def run(self) -> None:
@@ -365,8 +366,10 @@ class Producer:
     def _wait_for_mongo(self, error: BaseException) -> bool:
         """Back off until MongoDB answers again (True) or ``stop`` is set (False)."""
         self.health.set_ready("mongodb", False)
+        self._mongo_down = True
         if not wait_for_mongo(self.client, self.settings, self.stop, error, self.health.beat):
             return False
+        self._mongo_down = False
         self.health.set_ready("mongodb", True)
         metrics.RECONNECTS.labels(service="mongodb").inc()
         self._mongo_reconnects += 1
@@ -385,11 +388,24 @@ class Producer:
                 )
         except Exception as error:  # a failed publisher: still save what was confirmed
             log.warning("publisher failed: %s", error, extra=_STAGE)
-        self._save()
+        if self._mongo_down:
+            # Saving would wait out the server-selection timeout and overrun the
+            # shutdown budget; the last saved token is behind every confirm anyway.
+            log.warning(
+                "MongoDB is unreachable: the resume token was not saved at shutdown; the "
+                "next start resumes from the last saved one (replays are harmless)",
+                extra=_STAGE,
+            )
+        else:
+            self._save()
         self._report()
         self.publisher.stop()
-        self.reader.close()
-        self.client.close()
+        if not self._mongo_down:
+            # Closing the cursor and the client talks to the server (killCursors,
+            # endSessions): on a dead server each waits out a timeout, and the process
+            # is exiting anyway.
+            self.reader.close()
+            self.client.close()
         self.stats.captured = {op: n for op, n in self._captured.items() if n}
         self.stats.published = self.publisher.published
         self.stats.confirmed = self.publisher.confirmed
