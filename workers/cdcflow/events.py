@@ -39,7 +39,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 import orjson
 from bson import Decimal128, ObjectId, Timestamp
 from bson.binary import Binary
-from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
 ENVELOPE_VERSION: Literal[1] = 1
 CONTENT_TYPE = "application/vnd.cdcflow.change+json; v=1"
@@ -271,24 +271,13 @@ def cluster_time_of(raw: Any) -> dt.datetime | None:
 # --------------------------------------------------------------------------------------
 
 
-def _parse_version(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError("version must be a decimal string")
-    if isinstance(value, str):
-        if not value.isdigit() or len(value) > 39:
-            raise ValueError("version must be a decimal string of an unsigned 128-bit integer")
-        value = int(value)
-    if not isinstance(value, int) or not 0 <= value <= MAX_VERSION:
-        raise ValueError("version must be an unsigned 128-bit integer")
-    return value
-
-
 Version = Annotated[
     int,
-    BeforeValidator(_parse_version),
+    Field(ge=0, le=MAX_VERSION, strict=False),
     PlainSerializer(str, return_type=str),
 ]
-"""Versions are up to 96 bits: sent as decimal strings so no JSON reader rounds them."""
+"""Versions are up to 96 bits: sent as decimal strings so no JSON reader rounds them
+(pydantic parses the string to an int natively, without a Python validator)."""
 
 
 class Namespace(BaseModel):

@@ -24,13 +24,14 @@ from typing import Any
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
+from apache_beam.coders.typecoders import registry as coder_registry
 
 from cdcflow import metrics
 from cdcflow.config import Settings
 from cdcflow.consumer import runtime
 from cdcflow.consumer.batches import ProcessedBatch, loaded_now, process_batch
 from cdcflow.consumer.deadletter import dead_letter
-from cdcflow.consumer.source import ConsumedBatch
+from cdcflow.consumer.source import BatchCoder, ConsumedBatch
 from cdcflow.warehouse.client import Warehouse
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,13 @@ log = logging.getLogger(__name__)
 class TransformedBatch:
     consumed: ConsumedBatch
     processed: ProcessedBatch
+
+    @property
+    def size_bytes(self) -> int:
+        return self.consumed.size_bytes
+
+
+coder_registry.register_coder(TransformedBatch, BatchCoder)
 
 
 class TransformBatch(beam.PTransform[Any, Any]):
@@ -60,7 +68,7 @@ class TransformBatch(beam.PTransform[Any, Any]):
             )
             return TransformedBatch(batch, processed)
 
-        return batches | "Transform" >> beam.Map(transform)
+        return batches | "Transform" >> beam.Map(transform).with_output_types(TransformedBatch)
 
 
 class _WriteFn(beam.DoFn):
@@ -145,7 +153,9 @@ class WriteToClickHouse(beam.PTransform[Any, Any]):
         self._settings = settings
 
     def expand(self, batches: Any) -> Any:
-        return batches | "Write" >> beam.ParDo(_WriteFn(self._settings))
+        return batches | "Write" >> beam.ParDo(_WriteFn(self._settings)).with_output_types(
+            TransformedBatch
+        )
 
 
 class _DeadLetterFn(beam.DoFn):
