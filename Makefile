@@ -61,5 +61,8 @@ integration: install
 chaos: install
 	scripts/pytest.sh tests/chaos -s $(PYTEST_ARGS)
 
+bench: install
+	$(BIN)/python -m bench $(if $(QUICK),--quick,)
+
 clean:
 	rm -rf .cdcflow .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,326 @@
+"""The real parts the benchmarks run on, each fresh per measurement, and cleaned up.
+
+Every measurement gets its own folder under one temporary root (nx-27017's data
+file, the chdb warehouse, worker logs), its own collection and queue names under
+one exchange unique to the run, and its workers are started the way production
+starts them: ``python -m cdcflow produce|consume`` configured by ``CDCFLOW_*``
+variables, observed through ``/metrics``. Nothing is shared with other runs, the
+demo or the tests, which may use the same broker at the same time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pika
+import pika.exceptions
+
+from cdcflow import broker, localstack
+from cdcflow.config import Settings, load_settings
+from cdcflow.scrape import Scrape, ready, scrape
+
+log = logging.getLogger(__name__)
+
+
+class BenchError(RuntimeError):
+    """A measurement could not be completed (a worker died, a wait timed out)."""
+
+
+def wait_until(
+    condition: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.05
+) -> float:
+    """Poll ``condition`` until true; returns the wall time it became true."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+    return time.time()
+
+
+@dataclass
+class Scratch:
+    """The run's temporary root and unique names; :meth:`close` removes them all."""
+
+    root: Path
+    token: str
+    keep: bool = False
+    generation: int = 0  # raised when a phase is retried: fresh names, no leftovers
+    _settings: list[Settings] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, keep: bool = False) -> Scratch:
+        root = Path(tempfile.mkdtemp(prefix="cdcflow-bench-"))
+        return cls(root=root, token=uuid.uuid4().hex[:8], keep=keep)
+
+    @property
+    def exchange(self) -> str:
+        return f"cdcflow_bench_{self.token}"
+
+    def folder(self, name: str) -> Path:
+        """The measurement's folder (a retried phase gets a new one)."""
+        path = self.root / f"{name}{self.generation or ''}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def settings(self, name: str, *, mongo_uri: str | None = None, **overrides: Any) -> Settings:
+        """Settings for measurement ``name``: its own collection, queue and warehouse.
+
+        ``CDCFLOW_AMQP_URL`` from the environment is honoured (another broker);
+        everything that names a resource is set here, so the run is isolated.
+        """
+        folder = self.folder(name)
+        unique = f"bench_{self.token}{self.generation or ''}_{name}"
+        values: dict[str, Any] = {
+            "mongo_db": "bench",
+            "mongo_collection": unique,
+            "exchange": self.exchange,
+            "queue": unique,
+            "clickhouse_url": f"chdb://{folder / 'warehouse'}",
+            "clickhouse_database": "cdcflow",
+            "clickhouse_table": "views",
+            "metrics_port": 0,
+            "data_dir": folder / "state",
+            "log_level": "WARNING",
+            "bad_ratio": 0.0,
+        }
+        if mongo_uri is not None:
+            values["mongo_uri"] = mongo_uri
+        values.update(overrides)
+        settings = load_settings().with_overrides(**values)
+        self._settings.append(settings)
+        return settings
+
+    def close(self) -> None:
+        """Delete every queue and the exchange this run declared, then the folder."""
+        with contextlib.suppress(Exception):
+            delete_topology(self._settings)
+        if not self.keep:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+def delete_topology(all_settings: list[Settings]) -> None:
+    if not all_settings:
+        return
+    connection = broker.connect(all_settings[0])
+    try:
+        channel = connection.channel()
+        for settings in all_settings:
+            for queue in (settings.queue_name, settings.failed_queue_name):
+                channel.queue_delete(queue)
+        for exchange in {settings.exchange for settings in all_settings}:
+            channel.exchange_delete(exchange)
+    finally:
+        with contextlib.suppress(pika.exceptions.AMQPError):
+            connection.close()
+
+
+@contextlib.contextmanager
+def mongo(folder: Path) -> Iterator[localstack.MongoServer]:
+    """A fresh nx-27017 whose data file lives in ``folder``."""
+    server = localstack.start_mongo(folder / "mongo")
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+class RssSampler:
+    """Samples a process's resident memory from /proc in a thread; keeps the peak."""
+
+    def __init__(self, pid: int, interval_s: float = 0.05) -> None:
+        self.pid = pid
+        self.interval_s = interval_s
+        self.peak_mb = 0.0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"rss-{pid}", daemon=True)
+
+    def start(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            rss = localstack.process_rss_mb(self.pid)
+            if rss > 0:
+                self.samples += 1
+                self.peak_mb = max(self.peak_mb, rss)
+            self._stop.wait(self.interval_s)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join(2.0)
+        return self.peak_mb
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used so far (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime (fields 14, 15)
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent not idle since boot (from /proc/stat)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]  # idle, iowait
+    return (sum(values[:8]) - idle) / _TICKS
+
+
+def rabbitmq_pid() -> int | None:
+    """The local broker's Erlang VM, to account its CPU (None if not on this machine)."""
+    for stat in Path("/proc").glob("[0-9]*/comm"):
+        with contextlib.suppress(OSError):
+            if stat.read_text().strip() == "beam.smp":
+                return int(stat.parent.name)
+    return None
+
+
+class CpuMeter:
+    """CPU seconds used by named processes, and by the whole machine, over a window."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self._start = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        self._machine = machine_busy_seconds()
+        self._wall = time.monotonic()
+
+    def stop(self) -> dict[str, float]:
+        """{name: CPU seconds, "machine": busy CPU seconds, "wall": seconds}."""
+        used = {name: cpu_seconds(pid) - self._start[name] for name, pid in self.pids.items()}
+        used["machine"] = machine_busy_seconds() - self._machine
+        used["wall"] = time.monotonic() - self._wall
+        return used
+
+
+@dataclass
+class Worker:
+    """A ``python -m cdcflow <command>`` child process and its /metrics endpoint."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    metrics_url: str
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return int(self.process.pid)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def check(self) -> None:
+        if not self.alive():
+            raise BenchError(
+                f"{self.name} exited with code {self.process.returncode}:\n{self.log_tail()}"
+            )
+
+    def scrape(self) -> Scrape:
+        self.check()
+        return scrape(f"{self.metrics_url}/metrics")
+
+    def value(self, name: str, **labels: str) -> float:
+        """One metric (summed over labels); raises if the worker died."""
+        result = self.scrape()
+        if not result.ok:
+            raise BenchError(f"{self.name} /metrics: {result.error}")
+        return result.value(name, **labels)
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not ready(self.metrics_url):
+            self.check()
+            if time.monotonic() > deadline:
+                raise BenchError(f"{self.name} not ready after {timeout:.0f} s:\n{self.log_tail()}")
+            time.sleep(0.1)
+
+    def stop(self) -> int:
+        """SIGTERM, as Kubernetes would; SIGKILL if it does not stop in time."""
+        return localstack.terminate(self.process, timeout=30.0)
+
+
+def start_worker(
+    name: str, command: str, settings: Settings, logs: Path, **extra: str | int | float | None
+) -> Worker:
+    """Start a worker as production does: configured by environment, own session."""
+    port = localstack.free_port()
+    logs.mkdir(parents=True, exist_ok=True)
+    log_path = logs / f"{name}.log"
+    env = localstack.child_env(
+        mongo_uri=settings.mongo_uri.reveal(),
+        mongo_db=settings.mongo_db,
+        mongo_collection=settings.mongo_collection,
+        amqp_url=settings.amqp_url.reveal(),
+        exchange=settings.exchange,
+        queue=settings.queue_name,
+        clickhouse_url=settings.clickhouse_url.reveal(),
+        clickhouse_database=settings.clickhouse_database,
+        clickhouse_table=settings.table_name,
+        metrics_port=port,
+        metrics_host="127.0.0.1",
+        log_level="INFO",
+        log_format="text",
+        **extra,
+    )
+    with log_path.open("ab") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cdcflow", command],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    return Worker(name, process, f"http://127.0.0.1:{port}", log_path)
+
+
+@contextlib.contextmanager
+def workers() -> Iterator[list[Worker]]:
+    """A list to put started workers in; every one still running is stopped on exit."""
+    started: list[Worker] = []
+    try:
+        yield started
+    finally:
+        for worker in reversed(started):
+            if worker.alive():
+                worker.stop()
+
+
+def queue_ready(settings: Settings) -> int:
+    """Ready messages in the main queue (passive declare: no management plugin)."""
+    with broker.channel(settings) as ch:
+        return broker.queue_depth(ch, settings.queue_name).messages or 0
+
+
+def rabbitmq_version(settings: Settings) -> str:
+    connection = broker.connect(settings)
+    try:
+        properties = connection._impl.server_properties or {}
+        version = properties.get("version", b"?")
+        return version.decode() if isinstance(version, bytes) else str(version)
+    finally:
+        connection.close()
