@@ -115,7 +115,9 @@ class Settings(BaseSettings):
     batch_max_messages: int = Field(
         1000, ge=1, description="Messages per bundle (one warehouse insert)."
     )
-    batch_max_s: float = Field(0.5, gt=0, description="Seconds a bundle may wait to fill.")
+    batch_max_s: float = Field(
+        0.2, gt=0, description="Seconds a batch keeps filling after its first message."
+    )
     idle_exit_s: float | None = Field(
         None, gt=0, description="Stop the consumer after this many idle seconds (demo, tests)."
     )

@@ -319,9 +319,17 @@ class ChangeEnvelope(BaseModel):
         return _encode(self.model_dump(mode="json"))
 
 
+_ENVELOPE_VALIDATOR = ChangeEnvelope.__pydantic_validator__
+
+
 def decode_envelope(body: bytes) -> ChangeEnvelope:
-    """Parse and validate one message body; raises ``pydantic.ValidationError``."""
-    return ChangeEnvelope.model_validate_json(body)
+    """Parse and validate one message body; raises ``pydantic.ValidationError``.
+
+    Calls the compiled validator directly: ``model_validate_json``'s Python wrapper
+    cost a fifth of the parse, once per message.
+    """
+    envelope: ChangeEnvelope = _ENVELOPE_VALIDATOR.validate_json(body)
+    return envelope
 
 
 def _now() -> dt.datetime:

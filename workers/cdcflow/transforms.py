@@ -220,7 +220,27 @@ def _parse_moment(value: Any) -> dt.datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
+def _extended_dates(values: list[Any]) -> list[str | None] | None:
+    """The ISO strings of ``{"$date": "..."}`` values (how the envelope carries
+    dates), or None if any value has another shape."""
+    texts: list[str | None] = []
+    for value in values:
+        if value is None:
+            texts.append(None)
+        elif type(value) is dict and len(value) == 1 and type(value.get("$date")) is str:
+            texts.append(value["$date"])
+        else:
+            return None
+    return texts
+
+
 def _timestamp_column(spec: Field, values: list[Any], batch: _Batch) -> pa.Array:
+    texts = _extended_dates(values)
+    if texts is not None:
+        try:  # one Arrow cast parses ISO 8601 with a zone for the whole column
+            return pa.array(texts, pa.string()).cast(TIMESTAMP_TYPE)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass  # a value without a zone, or not a date: value by value below
     moments: list[dt.datetime | None] = []
     for value in values:
         moment = _parse_moment(value) if value is not None else None

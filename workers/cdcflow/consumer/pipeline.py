@@ -33,6 +33,26 @@ from cdcflow.warehouse.client import Warehouse
 log = logging.getLogger(__name__)
 
 IN_PROCESS_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
+STATE_SAMPLING_MS = 10
+
+
+def _shorten_state_sampling() -> None:
+    """Make the end of each bundle wait at most ~10 ms instead of up to 200 ms.
+
+    Beam's SDK worker starts a state-sampling thread per bundle and joins it when the
+    bundle ends; the thread sleeps up to its sampling period (200 ms, fixed: the
+    bundle processor passes no option). With one bundle per batch, that join was
+    ~8% of every bundle and most of the consumer's idle time between batches
+    (measured: 4,758 -> 5,445 messages/s draining a backlog). The samples only feed
+    Beam's own per-step timing counters, which cdcflow does not use. Applied to the
+    in-process runner only, whose SDK worker runs in this process; if Beam changes
+    the class, nothing is patched.
+    """
+    from apache_beam.runners.worker import statesampler
+
+    initializer = statesampler.StateSampler.__init__
+    if initializer.__defaults__ == (statesampler.DEFAULT_SAMPLING_PERIOD_MS,):
+        initializer.__defaults__ = (STATE_SAMPLING_MS,)
 
 
 def pipeline_options(settings: Settings) -> PipelineOptions:
@@ -71,6 +91,8 @@ def pipeline_options(settings: Settings) -> PipelineOptions:
 
 def build_pipeline(settings: Settings, options: PipelineOptions | None = None) -> beam.Pipeline:
     """The consumer pipeline (not yet run)."""
+    if settings.runner is Runner.inprocess:
+        _shorten_state_sampling()
     pipeline = beam.Pipeline(options=options or pipeline_options(settings))
     consumers = settings.parallelism if settings.runner is Runner.inprocess else 1
     (

@@ -39,6 +39,7 @@ from cdcflow.errors import CdcflowError
 log = logging.getLogger(__name__)
 
 _PUMP_SECONDS = 0.05
+IDLE_WAIT_S = 1.0  # how long a bundle waits for a first message before deferring
 _MAX_BACKOFF_S = 10.0
 
 
@@ -136,24 +137,30 @@ class RabbitConsumer:
 
     # --- consuming ------------------------------------------------------------------
 
-    def take(self, max_messages: int, max_wait_s: float) -> list[Delivery]:
-        """Up to ``max_messages`` deliveries, waiting at most ``max_wait_s`` for the first
-        and returning early once the local buffer runs dry after that."""
+    def take(
+        self, max_messages: int, fill_s: float, idle_wait_s: float = IDLE_WAIT_S
+    ) -> list[Delivery]:
+        """Up to ``max_messages`` deliveries: wait at most ``idle_wait_s`` for the first,
+        then at most ``fill_s`` more for the rest. A backlog fills a batch at once; a
+        trickle closes it after ``fill_s``, which bounds what a batch adds to freshness."""
         batch: list[Delivery] = []
-        deadline = time.monotonic() + max_wait_s
+        deadline = time.monotonic() + idle_wait_s
         while len(batch) < max_messages:
-            remaining = deadline - time.monotonic()
             try:
-                if remaining > 0:
-                    delivery = self._deliveries.get(timeout=min(remaining, 0.1))
-                else:
-                    delivery = self._deliveries.get_nowait()
+                delivery = self._deliveries.get_nowait()
             except queue.Empty:
+                remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._stop.is_set():
                     break
-                continue
-            if delivery.epoch == self._epoch:
-                batch.append(delivery)
+                try:
+                    delivery = self._deliveries.get(timeout=min(remaining, 0.1))
+                except queue.Empty:
+                    continue
+            if delivery.epoch != self._epoch:
+                continue  # its channel is gone: the broker delivers it again
+            if not batch:
+                deadline = time.monotonic() + fill_s
+            batch.append(delivery)
         return batch
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
