@@ -11,7 +11,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+)
+
+# Every counter would also export a `<name>_created` timestamp series: noise for
+# dashboards and alerts that never read it.
+disable_created_metrics()
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -182,6 +193,17 @@ SIMULATOR_WRITES = Counter(
     ["op"],
     registry=REGISTRY,
 )
+
+
+# Known label values exist from the start at 0, so dashboards and rate() see a
+# series before the first event instead of "no data".
+for _op in ("insert", "update", "replace", "delete", "snapshot"):
+    EVENTS_CAPTURED.labels(op=_op)
+    ROWS_LOADED.labels(op=_op)
+for _queue in ("main", "failed"):
+    QUEUE_DEPTH.labels(queue=_queue)
+for _service in ("mongodb", "rabbitmq", "clickhouse"):
+    RECONNECTS.labels(service=_service)
 
 
 @dataclass(frozen=True)
