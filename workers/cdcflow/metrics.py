@@ -22,7 +22,7 @@ from prometheus_client import (
 
 # Every counter would also export a `<name>_created` timestamp series: noise for
 # dashboards and alerts that never read it.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
