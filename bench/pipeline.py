@@ -176,8 +176,8 @@ def throughput_and_freshness(
             result.figures["freshness_rate_events_per_s"] = stats.rate
         finally:
             client.close()
-        consumer.stop()  # chdb: the warehouse opens in one process at a time
-        producer.stop()
+        consumer.terminate(timeout=30.0)  # chdb: the warehouse opens in one process at a time
+        producer.terminate(timeout=30.0)
     _freshness_from_warehouse(settings, simulator.run_tag, result)
     return result
 
@@ -246,7 +246,7 @@ def backlog_memory(
         )
         result.figures["producer_peak_rss_mb"] = sampler.stop()
         result.notes["producer_snapshot_msgs_per_s"] = expected / (time.monotonic() - began)
-        producer.stop()
+        producer.terminate(timeout=30.0)
         result.notes["backlog_messages"] = stack.queue_ready(settings)
 
         consumer = stack.start_worker("consumer", "consume", settings, logs)
@@ -268,5 +268,5 @@ def backlog_memory(
         result.notes["consumer_backlog_mean_batch"] = _mean_batch(consumer)
         result.figures["consumer_peak_rss_mb"] = sampler.stop()
         result.notes["consumer_backlog_msgs_per_s"] = expected / (time.monotonic() - began)
-        consumer.stop()
+        consumer.terminate(timeout=30.0)
     return result

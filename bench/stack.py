@@ -14,8 +14,6 @@ import contextlib
 import logging
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -30,7 +28,6 @@ import pika.exceptions
 
 from cdcflow import broker, localstack
 from cdcflow.config import Settings, load_settings
-from cdcflow.scrape import Scrape, ready, scrape
 
 log = logging.getLogger(__name__)
 
@@ -212,90 +209,16 @@ class CpuMeter:
         return used
 
 
-@dataclass
-class Worker:
-    """A ``python -m cdcflow <command>`` child process and its /metrics endpoint."""
-
-    name: str
-    process: subprocess.Popen[bytes]
-    metrics_url: str
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return int(self.process.pid)
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def log_tail(self, lines: int = 20) -> str:
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def check(self) -> None:
-        if not self.alive():
-            raise BenchError(
-                f"{self.name} exited with code {self.process.returncode}:\n{self.log_tail()}"
-            )
-
-    def scrape(self) -> Scrape:
-        self.check()
-        return scrape(f"{self.metrics_url}/metrics")
-
-    def value(self, name: str, **labels: str) -> float:
-        """One metric (summed over labels); raises if the worker died."""
-        result = self.scrape()
-        if not result.ok:
-            raise BenchError(f"{self.name} /metrics: {result.error}")
-        return result.value(name, **labels)
-
-    def wait_ready(self, timeout: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not ready(self.metrics_url):
-            self.check()
-            if time.monotonic() > deadline:
-                raise BenchError(f"{self.name} not ready after {timeout:.0f} s:\n{self.log_tail()}")
-            time.sleep(0.1)
-
-    def stop(self) -> int:
-        """SIGTERM, as Kubernetes would; SIGKILL if it does not stop in time."""
-        return localstack.terminate(self.process, timeout=30.0)
+Worker = localstack.WorkerProcess
 
 
 def start_worker(
     name: str, command: str, settings: Settings, logs: Path, **extra: str | int | float | None
 ) -> Worker:
     """Start a worker as production does: configured by environment, own session."""
-    port = localstack.free_port()
-    logs.mkdir(parents=True, exist_ok=True)
-    log_path = logs / f"{name}.log"
-    env = localstack.child_env(
-        mongo_uri=settings.mongo_uri.reveal(),
-        mongo_db=settings.mongo_db,
-        mongo_collection=settings.mongo_collection,
-        amqp_url=settings.amqp_url.reveal(),
-        exchange=settings.exchange,
-        queue=settings.queue_name,
-        clickhouse_url=settings.clickhouse_url.reveal(),
-        clickhouse_database=settings.clickhouse_database,
-        clickhouse_table=settings.table_name,
-        metrics_port=port,
-        metrics_host="127.0.0.1",
-        log_level="INFO",
-        log_format="text",
-        **extra,
+    return localstack.start_worker(
+        command, settings, logs / f"{name}.log", name=name, log_level="INFO", **extra
     )
-    with log_path.open("ab") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "cdcflow", command],
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    return Worker(name, process, f"http://127.0.0.1:{port}", log_path)
 
 
 @contextlib.contextmanager
@@ -307,7 +230,7 @@ def workers() -> Iterator[list[Worker]]:
     finally:
         for worker in reversed(started):
             if worker.alive():
-                worker.stop()
+                worker.terminate(timeout=30.0)
 
 
 def queue_ready(settings: Settings) -> int:

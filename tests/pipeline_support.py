@@ -15,14 +15,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pymongo import MongoClient
 
 from cdcflow.config import Settings
 from cdcflow.events import nx_sequence
-from cdcflow.localstack import free_port
-from cdcflow.scrape import Scrape, ready, scrape
-from tests.support import cdcflow_process
+from cdcflow.localstack import WorkerProcess, start_worker
+from cdcflow.scrape import Scrape
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str, every: float = 0.2) -> None:
@@ -36,60 +36,57 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str, every: fl
 
 @dataclass
 class Worker:
-    """One restartable worker process (``produce`` or ``consume``)."""
+    """One restartable worker (``produce`` or ``consume``): a new process, on a new
+    metrics port, each time it is started, like a pod a Deployment replaces."""
 
     command: str
     settings: Settings
     log: Path
-    extra: dict[str, object] = field(default_factory=dict)
-    process: subprocess.Popen[bytes] | None = None
-    port: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+    current: WorkerProcess | None = None
     starts: int = 0
 
     @property
+    def process(self) -> WorkerProcess:
+        assert self.current is not None, f"{self.command} was never started"
+        return self.current
+
+    @property
+    def port(self) -> int:
+        return int(self.process.metrics_url.rsplit(":", 1)[1])
+
+    @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.process.metrics_url
 
     def start(self, wait_ready: bool = True) -> None:
-        self.port = free_port()
-        self.process = cdcflow_process(
-            [self.command], self.settings, self.log, metrics_port=self.port, **self.extra
-        )
+        self.current = start_worker(self.command, self.settings, self.log, **self.extra)
         self.starts += 1
         if wait_ready:
-            wait_for(self.ready_or_dead, 90, f"{self.command} to be ready")
-            assert self.alive(), f"{self.command} died at start:\n{self.tail()}"
-
-    def ready_or_dead(self) -> bool:
-        return not self.alive() or ready(self.base_url)
+            self.current.wait_ready(timeout=90)
 
     def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.current is not None and self.current.alive()
 
     def metrics(self) -> Scrape:
-        return scrape(f"{self.base_url}/metrics")
+        return self.process.scrape()
 
     def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
+        self.process.kill()
 
     def terminate(self, timeout: float = 10.0) -> tuple[int, float]:
-        """SIGTERM; returns (exit code, seconds it took). Kills after ``timeout``."""
-        assert self.process is not None
+        """SIGTERM; returns (exit code, seconds it took). Killed (-9) after ``timeout``."""
         started = time.monotonic()
-        self.process.send_signal(signal.SIGTERM)
+        self.process.process.send_signal(signal.SIGTERM)
         try:
-            code = self.process.wait(timeout)
+            code = self.process.process.wait(timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            self.process.wait(10)
             return -9, time.monotonic() - started
         return code, time.monotonic() - started
 
     def tail(self, lines: int = 40) -> str:
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
+        return self.process.log_tail(lines) if self.current is not None else ""
 
 
 class Pipeline:
@@ -163,7 +160,6 @@ class Pipeline:
             "consume", self.settings, self.directory / "consumer.log", extra={"idle_exit_s": 3}
         )
         final.start(wait_ready=False)
-        assert final.process is not None
-        code = final.process.wait(timeout)
+        code = final.process.process.wait(timeout)
         assert code == 0, final.tail()
         return exits

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 import subprocess
-import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ import pika
 from cdcflow import broker
 from cdcflow.config import Settings
 from cdcflow.events import CONTENT_TYPE, EncodedChange, encode_change
+from cdcflow.localstack import start_worker
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -86,35 +85,9 @@ def depths(settings: Settings) -> tuple[int, int]:
     return main.messages or 0, failed.messages or 0
 
 
-def worker_env(settings: Settings, **extra: Any) -> dict[str, str]:
-    env = dict(os.environ)
-    values: dict[str, Any] = {
-        "mongo_uri": settings.mongo_uri.reveal(),
-        "mongo_db": settings.mongo_db,
-        "mongo_collection": settings.mongo_collection,
-        "amqp_url": settings.amqp_url.reveal(),
-        "exchange": settings.exchange,
-        "clickhouse_url": settings.clickhouse_url.reveal(),
-        "metrics_port": settings.metrics_port,
-        "log_level": "INFO",
-        **extra,
-    }
-    for key, value in values.items():
-        if value is not None:
-            env[f"CDCFLOW_{key.upper()}"] = str(value)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "workers"), env.get("PYTHONPATH", "")])
-    return env
-
-
 def cdcflow_process(
-    command: Sequence[str], settings: Settings, log_path: Path, **extra: Any
+    command: Sequence[str], settings: Settings, log_path: Path, **overrides: Any
 ) -> subprocess.Popen[bytes]:
     """Start ``python -m cdcflow <command>`` configured by environment, logging to a file."""
-    log_file = log_path.open("ab")
-    return subprocess.Popen(
-        [sys.executable, "-m", "cdcflow", *command],
-        env=worker_env(settings, **extra),
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
+    (name,) = command
+    return start_worker(name, settings, log_path, **overrides).process

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 
 from cdcflow.config import Settings
-from cdcflow.localstack import MongoServer, start_mongo
+from cdcflow.localstack import MongoServer, start_mongo, worker_env
 from cdcflow.simulator import Simulator
 from cdcflow.verify import verify
 from tests.pipeline_support import Pipeline, wait_for
 from tests.prometheus_support import requires_prometheus, running_prometheus
-from tests.support import depths, worker_env
+from tests.support import depths
 
 
 @pytest.fixture

@@ -8,10 +8,8 @@ another stream while the producer was down) answered by a re-snapshot.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,7 +27,7 @@ from cdcflow import broker, metrics
 from cdcflow.config import Settings
 from cdcflow.errors import ServiceUnavailable
 from cdcflow.events import ChangeEnvelope, decode_envelope, nx_sequence, to_json_safe
-from cdcflow.localstack import child_env, free_port
+from cdcflow.localstack import free_port, start_worker
 from cdcflow.mongo import open_mongo_client
 from cdcflow.producer.main import ProducerStats, run_producer
 from cdcflow.producer.offsets import OffsetStore
@@ -260,28 +258,8 @@ def test_clean_stop_saves_the_token_and_resume_misses_nothing(settings: Settings
 
 
 def test_sigkill_mid_stream_then_restart_loses_nothing(settings: Settings, source, tmp_path):
-    env = child_env(
-        mongo_uri=settings.mongo_uri.reveal(),
-        mongo_db=settings.mongo_db,
-        mongo_collection=settings.mongo_collection,
-        amqp_url=AMQP_URL,
-        exchange=settings.exchange,
-        metrics_port=0,
-        offset_flush_s=0.2,
-    )
-    repo = Path(__file__).resolve().parents[2]
-    env["PYTHONPATH"] = os.pathsep.join(
-        filter(None, [str(repo / "workers"), env.get("PYTHONPATH")])
-    )
-
     def start(log: Path) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [sys.executable, "-m", "cdcflow.producer"],
-            env=env,
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-            cwd=repo,
-        )
+        return start_worker("produce", settings, log).process
 
     source.insert_many([{"_id": f"pre{n}", "n": n} for n in range(100)])
     producer = start(tmp_path / "first.log")

@@ -76,7 +76,7 @@ def test_warehouse_outage_of_30_seconds(
     publish(settings, [nx_change(n, collection, f"d{n}", "insert") for n in range(1, 501)])
 
     log = tmp_path / "consumer.log"
-    consumer = cdcflow_process(["consume"], settings, log)
+    consumer = cdcflow_process(["consume"], settings, log, metrics_port=port)
     metrics_url = f"http://127.0.0.1:{port}/metrics"
     try:
 

@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from cdcflow import broker, logs
-from cdcflow.config import Settings, load_settings
+from cdcflow.config import Settings, load_settings, settings_env
 from cdcflow.urls import ServiceUrl, scrub
 
 
@@ -132,3 +132,24 @@ def test_amqps_uses_tls_with_the_given_ca(tmp_path: Path) -> None:
 def test_missing_tls_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="does not exist"):
         Settings(amqp_url="amqps://u:p@mq:5671/%2F", amqp_tls_ca_file=tmp_path / "nope.pem")
+
+
+def test_a_child_loads_the_same_settings_from_settings_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """How workers are started (demo, bench, tests): by environment only, as in Kubernetes."""
+    settings = Settings(
+        amqp_url="amqps://cdc:p%40ss@mq:5671/prod",
+        mongo_collection="views",
+        runner="flink",
+        flink_master="jm:8081",
+        idle_exit_s=2.5,
+        clickhouse_tls_verify=False,
+        data_dir=tmp_path,
+    )
+    monkeypatch.chdir(tmp_path)  # no .env here
+    for key, value in settings_env(settings).items():
+        monkeypatch.setenv(key, value)
+    child = Settings()
+    assert child.model_dump() == settings.model_dump()
+    assert child.amqp_url.reveal() == settings.amqp_url.reveal()

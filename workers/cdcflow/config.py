@@ -268,6 +268,29 @@ def load_settings(**overrides: Any) -> Settings:
     return Settings(**{key: value for key, value in overrides.items() if value is not None})
 
 
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``CDCFLOW_*`` variables that make a child process load these same settings.
+
+    How the demo, the benchmarks and the tests start workers: as Kubernetes does,
+    by environment only. Passwords are revealed here, for the child's environment.
+    """
+    env: dict[str, str] = {}
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if isinstance(value, ServiceUrl):
+            text = value.reveal()
+        elif isinstance(value, StrEnum):
+            text = value.value
+        elif isinstance(value, bool):
+            text = "true" if value else "false"
+        else:
+            text = str(value)
+        env[f"CDCFLOW_{name.upper()}"] = text
+    return env
+
+
 def settings_markdown() -> str:
     """The configuration table of the README, generated from the fields above."""
     lines = ["| environment variable | default | meaning |", "| --- | --- | --- |"]

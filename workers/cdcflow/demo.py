@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -28,36 +26,11 @@ from rich.table import Table
 from cdcflow import broker, localstack
 from cdcflow.config import Settings
 from cdcflow.errors import ServiceUnavailable
-from cdcflow.scrape import Scrape, ready, scrape
+from cdcflow.scrape import Scrape
 
 DEMO_EXCHANGE = "cdcflow-demo"
 DEMO_QUEUE = "cdcflow-demo.viewing_logs"
 DRAIN_TIMEOUT_S = 180.0
-
-
-@dataclass
-class Worker:
-    name: str
-    process: subprocess.Popen[bytes]
-    metrics_url: str
-    log_path: Path
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def log_tail(self, lines: int = 15) -> str:
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def exited(self) -> ServiceUnavailable:
-        """The error to raise when this worker stopped on its own."""
-        return ServiceUnavailable(
-            f"cdcflow {self.name}",
-            self.metrics_url,
-            f"exited with code {self.process.returncode}:\n{self.log_tail()}",
-            f"see {self.log_path}",
-        )
 
 
 @dataclass
@@ -106,48 +79,17 @@ def _demo_settings(settings: Settings, root: Path) -> Settings:
     )
 
 
-def _start_worker(name: str, command: str, settings: Settings, root: Path) -> Worker:
-    port = localstack.free_port()
-    log_path = root / "logs" / f"{name}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = localstack.child_env(
-        mongo_uri=settings.mongo_uri.reveal(),
-        mongo_db=settings.mongo_db,
-        mongo_collection=settings.mongo_collection,
-        amqp_url=settings.amqp_url.reveal(),
-        exchange=settings.exchange,
-        queue=settings.queue_name,
-        clickhouse_url=settings.clickhouse_url.reveal(),
-        metrics_port=port,
-        metrics_host="127.0.0.1",
+def _start_worker(command: str, settings: Settings, root: Path) -> localstack.WorkerProcess:
+    """A worker for the demo: its own log under ``<data_dir>/demo/logs``, INFO level,
+    whatever level the demo itself prints at."""
+    name = "producer" if command == "produce" else "consumer"
+    return localstack.start_worker(
+        command,
+        settings,
+        root / "logs" / f"{name}.log",
+        name=name,
         log_level="INFO",
         log_format="text",
-    )
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "cdcflow", command],
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    return Worker(name, process, f"http://127.0.0.1:{port}", log_path)
-
-
-def _wait_ready(worker: Worker, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not worker.alive():
-            raise worker.exited()
-        if ready(worker.metrics_url):
-            return
-        time.sleep(0.2)
-    raise ServiceUnavailable(
-        f"cdcflow {worker.name}",
-        worker.metrics_url,
-        f"not ready after {timeout:.0f} s",
-        f"see {worker.log_path}",
     )
 
 
@@ -208,19 +150,19 @@ def run_demo(settings: Settings, console: Console) -> bool:
     with broker.channel(settings) as ch:  # a fresh queue: nothing left from an aborted run
         for queue in (settings.queue_name, settings.failed_queue_name):
             ch.queue_delete(queue)
-    workers: list[Worker] = []
+    workers: list[localstack.WorkerProcess] = []
     started = time.monotonic()
     try:
         console.print(
             f"MongoDB (nx-27017) on 127.0.0.1:{mongo.port}; RabbitMQ at "
             f"{settings.amqp_url.where}; warehouse {settings.clickhouse_url.local_path()}"
         )
-        producer = _start_worker("producer", "produce", settings, root)
+        producer = _start_worker("produce", settings, root)
         workers.append(producer)
-        _wait_ready(producer)
-        consumer = _start_worker("consumer", "consume", settings, root)
+        producer.wait_ready(timeout=60)
+        consumer = _start_worker("consume", settings, root)
         workers.append(consumer)
-        _wait_ready(consumer)
+        consumer.wait_ready(timeout=60)
         console.print(
             f"producer metrics: {producer.metrics_url}/metrics   "
             f"consumer metrics: {consumer.metrics_url}/metrics   logs: {root / 'logs'}"
@@ -244,11 +186,7 @@ def run_demo(settings: Settings, console: Console) -> bool:
         with _live(console) as live:
             deadline: float | None = None
             while True:
-                _observe(
-                    progress,
-                    scrape(f"{producer.metrics_url}/metrics"),
-                    scrape(f"{consumer.metrics_url}/metrics"),
-                )
+                _observe(progress, producer.scrape(), consumer.scrape())
                 phase = "simulating" if not simulator_done.is_set() else "draining"
                 if live is not None:
                     live.update(progress.table(phase))
@@ -281,7 +219,7 @@ def run_demo(settings: Settings, console: Console) -> bool:
             f"{progress.dead_lettered:,.0f}"
         )
         for worker in reversed(workers):
-            code = localstack.terminate(worker.process)
+            code = worker.terminate()
             if code != 0:
                 console.print(f"[yellow]{worker.name} exited with {code}: see {worker.log_path}")
         workers.clear()
@@ -304,5 +242,5 @@ def run_demo(settings: Settings, console: Console) -> bool:
         return report.equal
     finally:
         for worker in workers:
-            localstack.terminate(worker.process)
+            worker.terminate()
         mongo.stop()

@@ -18,11 +18,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pika
 import pika.exceptions
 
+from cdcflow.config import Settings, settings_env
 from cdcflow.errors import ServiceUnavailable
+from cdcflow.scrape import Scrape, ready, scrape
 
 log = logging.getLogger(__name__)
 
@@ -176,10 +179,115 @@ def terminate(process: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
     return process.wait(timeout)
 
 
-def child_env(**settings: str | int | float | None) -> dict[str, str]:
-    """This process's environment plus ``CDCFLOW_*`` variables for a child worker."""
-    env = dict(os.environ)
-    for key, value in settings.items():
-        if value is not None:
-            env[f"CDCFLOW_{key.upper()}"] = str(value)
+def worker_env(settings: Settings, **overrides: Any) -> dict[str, str]:
+    """This process's environment plus the ``CDCFLOW_*`` variables of ``settings``
+    (with ``overrides`` applied): a child started with it loads the same settings."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CDCFLOW_")}
+    env.update(settings_env(settings.with_overrides(**overrides) if overrides else settings))
     return env
+
+
+@dataclass
+class WorkerProcess:
+    """A ``python -m cdcflow <command>`` child, run as Kubernetes runs a worker:
+    configured by environment, watched through ``/metrics`` and ``/readyz``,
+    stopped with SIGTERM."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    metrics_url: str  # http://host:port, without a path
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def exited(self) -> ServiceUnavailable:
+        """The error to raise when this worker stopped on its own."""
+        return ServiceUnavailable(
+            f"cdcflow {self.name}",
+            self.metrics_url,
+            f"exited with code {self.process.returncode}:\n{self.log_tail()}",
+            f"see {self.log_path}",
+        )
+
+    def check(self) -> None:
+        if not self.alive():
+            raise self.exited()
+
+    def scrape(self) -> Scrape:
+        """Its metrics now (``ok`` is False if it does not answer)."""
+        return scrape(f"{self.metrics_url}/metrics")
+
+    def value(self, name: str, **labels: str) -> float:
+        """One metric, summed over labels; raises if the worker died or does not answer."""
+        self.check()
+        result = self.scrape()
+        if not result.ok:
+            raise ServiceUnavailable(
+                f"cdcflow {self.name}", self.metrics_url, result.error, f"see {self.log_path}"
+            )
+        return result.value(name, **labels)
+
+    def ready(self) -> bool:
+        return ready(self.metrics_url)
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.ready():
+            self.check()
+            if time.monotonic() > deadline:
+                raise ServiceUnavailable(
+                    f"cdcflow {self.name}",
+                    self.metrics_url,
+                    f"not ready after {timeout:.0f} s",
+                    f"see {self.log_path}",
+                )
+            time.sleep(0.1)
+
+    def terminate(self, timeout: float = 15.0) -> int:
+        """SIGTERM (SIGKILL after ``timeout``); the exit code."""
+        return terminate(self.process, timeout)
+
+    def kill(self) -> None:
+        if self.alive():
+            self.process.kill()
+        self.process.wait(10)
+
+
+def start_worker(
+    command: str,
+    settings: Settings,
+    log_path: Path,
+    *,
+    name: str | None = None,
+    **overrides: Any,
+) -> WorkerProcess:
+    """Start ``cdcflow <command>`` on a free metrics port, logging to ``log_path``.
+
+    ``overrides`` are settings for this worker only (``idle_exit_s=3`` ...). It runs
+    in its own session, so a Ctrl-C meant for the caller reaches it only as the
+    caller's SIGTERM.
+    """
+    port = overrides.pop("metrics_port", None) or free_port()
+    overrides.setdefault("metrics_host", "127.0.0.1")
+    env = worker_env(settings, metrics_port=port, **overrides)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cdcflow", command],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    return WorkerProcess(name or command, process, f"http://127.0.0.1:{port}", log_path)

@@ -1,8 +1,7 @@
 """The producer: MongoDB change stream → RabbitMQ, resumable, at least once.
 
-:func:`run_producer` is the whole worker; the CLI installs the signal handlers
-(they set ``stop``) and serves ``/metrics``. ``python -m cdcflow.producer``
-does both itself, for tests and containers.
+:func:`run_producer` is the whole worker; the CLI (``cdcflow produce``) installs
+the signal handlers (they set ``stop``) and serves ``/metrics``.
 
 Order of work, and why:
 
