@@ -20,9 +20,9 @@ from typing import Any
 from pymongo import MongoClient
 
 from cdcflow.config import Settings
-from cdcflow.events import nx_sequence
 from cdcflow.localstack import WorkerProcess, start_worker
 from cdcflow.scrape import Scrape
+from cdcflow.versions import nx_sequence
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str, every: float = 0.2) -> None:

@@ -26,11 +26,12 @@ from pymongo import DeleteOne, InsertOne, UpdateOne
 from cdcflow import broker, metrics
 from cdcflow.config import Settings
 from cdcflow.errors import ServiceUnavailable
-from cdcflow.events import ChangeEnvelope, decode_envelope, nx_sequence, to_json_safe
+from cdcflow.events import ChangeEnvelope, decode_envelope, to_json_safe
 from cdcflow.localstack import free_port, start_worker
 from cdcflow.mongo import open_mongo_client
 from cdcflow.producer.main import ProducerStats, run_producer
 from cdcflow.producer.offsets import OffsetStore
+from cdcflow.versions import nx_sequence
 from tests.conftest import AMQP_URL
 
 WAIT_S = 90.0  # an upper bound for the services to catch up, not a performance claim

@@ -11,7 +11,8 @@ import pytest
 
 from cdcflow.config import Settings
 from cdcflow.consumer.batches import ROW_SCHEMA, process_batch
-from cdcflow.events import CONTENT_TYPE, encode_envelope, snapshot_envelope, sweep_version
+from cdcflow.events import CONTENT_TYPE, encode_envelope, snapshot_envelope
+from cdcflow.versions import sweep_version
 from cdcflow.warehouse.client import Warehouse
 from cdcflow.warehouse.ddl import schema_statements
 from tests.support import VIEWING, nx_change

@@ -14,8 +14,8 @@ from cdcflow.events import (
     encode_envelope,
     snapshot_end_envelope,
     snapshot_envelope,
-    sweep_version,
 )
+from cdcflow.versions import sweep_version
 
 from .test_rules import GOOD
 

@@ -19,7 +19,7 @@ from pymongo.errors import AutoReconnect, OperationFailure
 from cdcflow import metrics
 from cdcflow.config import Settings
 from cdcflow.errors import HistoryLost
-from cdcflow.events import InvalidEvent, decode_envelope, encode_change
+from cdcflow.events import decode_envelope, encode_change
 from cdcflow.health import Health
 from cdcflow.producer.changestream import (
     ChangeReader,
@@ -29,6 +29,7 @@ from cdcflow.producer.changestream import (
 )
 from cdcflow.producer.main import Producer
 from cdcflow.producer.outbox import Entry
+from cdcflow.versions import InvalidEvent
 
 
 def nx(n: int) -> dict[str, str]:

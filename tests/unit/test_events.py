@@ -14,20 +14,22 @@ from bson import ObjectId, Timestamp
 
 from cdcflow.events import (
     CONTENT_TYPE,
-    SLOT_BITS,
     ChangeEnvelope,
-    InvalidEvent,
     Operation,
     UnsupportedEvent,
     decode_envelope,
     encode_change,
     encode_envelope,
-    event_version,
     from_change,
-    nx_sequence,
-    parse_mongo_token,
     snapshot_end_envelope,
     snapshot_envelope,
+)
+from cdcflow.versions import (
+    SLOT_BITS,
+    InvalidEvent,
+    event_version,
+    nx_sequence,
+    parse_mongo_token,
     snapshot_version,
     sweep_version,
     token_position,

@@ -27,7 +27,7 @@ from pymongo.collection import Collection
 from pymongo.errors import OperationFailure
 
 from cdcflow.errors import HistoryLost
-from cdcflow.events import InvalidEvent, is_nx_token, nx_sequence, token_data
+from cdcflow.versions import InvalidEvent, is_nx_token, nx_sequence, token_data
 
 log = logging.getLogger(__name__)
 

@@ -34,12 +34,10 @@ from cdcflow.errors import HistoryLost
 from cdcflow.events import (
     DML_OPERATIONS,
     STREAM_ENDING_OPERATIONS,
-    InvalidEvent,
     encode_change,
     encode_envelope,
     snapshot_end_envelope,
     snapshot_envelope,
-    token_data,
 )
 from cdcflow.health import Health
 from cdcflow.mongo import open_mongo_client, wait_for_mongo
@@ -48,6 +46,7 @@ from cdcflow.producer.changestream import ChangeReader, snapshot_batches
 from cdcflow.producer.offsets import OffsetStore
 from cdcflow.producer.outbox import Entry, Token, checkpoint_entry
 from cdcflow.producer.publishing import Publisher
+from cdcflow.versions import InvalidEvent, token_data
 
 log = logging.getLogger(__name__)
 
