@@ -38,6 +38,8 @@ dlq_app = typer.Typer(help="Inspect, replay or purge the failed queue.", no_args
 app.add_typer(dlq_app, name="dlq")
 
 CONSUMER_METRICS_PORT = 9465
+DEMO_EVENTS = 20000
+DEMO_BAD_RATIO = 0.02
 out = Console()
 err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -331,18 +333,29 @@ def demo(
     amqp_url: AmqpUrl = None,
     log_level: LogLevel = None,
 ) -> None:
-    """Run everything locally: nx-27017, RabbitMQ, producer, Beam consumer, chdb; verify; report."""
+    """Run everything locally: nx-27017, RabbitMQ, producer, Beam consumer, chdb; verify; report.
+
+    Unless set by flag or environment: 20,000 events, 2% bad, warnings only (the
+    workers log at INFO to their own files).
+    """
     from cdcflow.demo import run_demo
 
     settings = _settings(
-        events=events if events is not None else 20000,
+        events=events,
         rate=rate,
-        bad_ratio=bad_ratio if bad_ratio is not None else 0.02,
+        bad_ratio=bad_ratio,
         seed=seed,
         data_dir=data_dir,
         amqp_url=amqp_url,
-        log_level=log_level or "WARNING",
+        log_level=log_level,
     )
+    demo_defaults = {"events": DEMO_EVENTS, "bad_ratio": DEMO_BAD_RATIO, "log_level": "WARNING"}
+    unset = {
+        key: value for key, value in demo_defaults.items() if key not in settings.model_fields_set
+    }
+    if unset:
+        settings = settings.with_overrides(**unset)
+        logs.configure(settings.log_level, settings.log_format.value)
     if not run_demo(settings, out):
         raise typer.Exit(1)
 
