@@ -121,7 +121,9 @@ def inject(fault: Fault, pipeline: Pipeline) -> None:
         rabbitmqctl("await_startup")
 
 
-def test_chaos(tmp_path: Path, make_settings: Callable[..., Settings]) -> None:
+def test_chaos(
+    tmp_path: Path, make_settings: Callable[..., Settings], capsys: pytest.CaptureFixture[str]
+) -> None:
     settings = make_settings(
         events=EVENTS,
         rate=RATE,
@@ -175,7 +177,8 @@ def test_chaos(tmp_path: Path, make_settings: Callable[..., Settings]) -> None:
         f"broker_faults={injected['connections_closed'] + injected['broker_restart']} "
         f"seconds={seconds}"
     )
-    print(line)
+    with capsys.disabled():  # shown in `make test`'s log too, not only with -s
+        print(f"\n{line}")
     (tmp_path / "chaos.txt").write_text(line + "\n")
     assert stats[0].events >= 20000
     assert injected["producer_kill"] >= 3 and injected["consumer_kill"] >= 3
