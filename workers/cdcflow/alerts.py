@@ -347,6 +347,15 @@ def write_all(directory: Path = ALERTS_DIR, doc: Path | None = OPERATIONS_DOC) -
     outputs = {directory / path.name: text for path, text in rendered().items()}
     if doc is not None:
         outputs[doc] = with_metrics_reference(doc.read_text())
+    return write_changed(outputs)
+
+
+def write_changed(outputs: dict[Path, str]) -> list[Path]:
+    """Write each text whose file differs; return those paths.
+
+    Generated files are committed, so an unchanged file is left alone (no mtime churn,
+    and the list says exactly what a regeneration changed).
+    """
     changed: list[Path] = []
     for path, text in outputs.items():
         if not path.exists() or path.read_text() != text:

@@ -43,7 +43,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from cdcflow import metrics as m
 from cdcflow.alerts import DEFAULT_THRESHOLDS as T
-from cdcflow.alerts import ROOT, metric
+from cdcflow.alerts import ROOT, metric, write_changed
 
 DASHBOARDS_DIR = ROOT / "helm" / "cdcflow" / "dashboards"
 SIDECAR_LABELS = {"grafana_dashboard": "1"}
@@ -377,14 +377,7 @@ def render_all() -> dict[Path, str]:
 
 def write_all(directory: Path = DASHBOARDS_DIR) -> list[Path]:
     """Write every dashboard into ``directory``; return the files whose content changed."""
-    changed: list[Path] = []
-    directory.mkdir(parents=True, exist_ok=True)
-    for path, text in render_all().items():
-        target = directory / path.name
-        if not target.exists() or target.read_text() != text:
-            target.write_text(text)
-            changed.append(target)
-    return changed
+    return write_changed({directory / path.name: text for path, text in render_all().items()})
 
 
 def main(argv: list[str] | None = None) -> int:
