@@ -271,6 +271,35 @@ def test_report_with_every_document_deleted_still_shows_the_load_history(
     assert "No live documents yet." in files.html.read_text("utf-8")
 
 
+def test_events_over_time_counts_every_load_even_after_merges(tmp_path: Path) -> None:
+    batches = synthetic_batches(400)
+    ops = ("insert", "update", "delete")
+    loaded = {op: len(batch) for op, batch in zip(ops, batches, strict=True)}
+    with open_warehouse(tmp_path) as warehouse:
+        warehouse.init_schema()
+        for batch in batches:
+            load(warehouse, batch)
+        # Merge now, as ClickHouse eventually would: superseded inserts disappear.
+        warehouse.client.command(f"OPTIMIZE TABLE {warehouse.qualified} FINAL")
+        surviving = {
+            str(op): int(count)
+            for op, count in warehouse.rows(
+                f"SELECT op, count() FROM {warehouse.qualified} GROUP BY op"
+            )
+        }
+        series = report.events_over_time(warehouse, 1)
+        warehouse.init_schema()  # applying the schema again neither resets nor doubles it
+        again = report.events_over_time(warehouse, 1)
+    assert surviving["insert"] < loaded["insert"], "the merge must have dropped rows"
+    assert {op: sum(counts.values()) for op, counts in series.items()} == loaded
+    assert again == series
+    # Each insert is counted in the second it was loaded.
+    expected: dict[int, int] = defaultdict(int)
+    for row in batches[0]:
+        expected[int(row["loaded_at"].timestamp())] += 1
+    assert series["insert"] == expected
+
+
 def test_analytics_tables_rank_videos_with_enough_views(tmp_path: Path) -> None:
     batches = synthetic_batches(2000)
     # An id that is rich markup and matplotlib mathtext, at 100% with enough views:

@@ -280,7 +280,7 @@ def init_warehouse(
     collection: Collection = None,
     log_level: LogLevel = None,
 ) -> None:
-    """Create the warehouse database, table and views (idempotent)."""
+    """Create the warehouse database, table, views and load log (idempotent)."""
     from cdcflow.warehouse.client import Warehouse
 
     settings = _settings(

@@ -3,8 +3,9 @@
 Why it reads what it reads: the raw table keeps every state of a document, so
 anything about *documents* (completion, videos, devices, countries) goes through
 ``<table>_current`` or the views built on it, and a superseded or deleted state
-never counts. Only the load history (events over time, freshness) reads the raw
-table, because there every stored row is a load. Every number is aggregated in
+never counts. The load history reads what was loaded: events over time from the
+load log (``<table>_loads``, counted as each insert arrives), freshness from the
+raw table's stored rows. Every number is aggregated in
 ClickHouse: Python only receives a few hundred rows, whatever the table's size.
 
 Why it prints nothing: the CLI decides how to show things; here we return data
@@ -166,12 +167,26 @@ def bucket_seconds(span_s: float) -> int:
 
 
 def events_over_time(warehouse: Warehouse, bucket_s: int) -> dict[str, dict[int, int]]:
-    """Rows stored per op per bucket start (unix seconds), from the raw table's loaded_at."""
+    """Rows loaded per op per bucket start (unix seconds).
+
+    Read from the load log (``<table>_loads``, see sql/004_loads.sql), which counts
+    each insert as it arrives: the raw table cannot say how many rows a past second
+    loaded, because ReplacingMergeTree merges superseded versions away. A warehouse
+    whose schema predates the log falls back to the rows that survived.
+    """
+    interval = f"INTERVAL {int(bucket_s)} SECOND"
+    if warehouse.scalar(f"EXISTS TABLE {warehouse.qualified}_loads"):
+        query = (
+            f"SELECT toUnixTimestamp(toStartOfInterval(second, {interval})) AS t, op, sum(rows)"
+            f" FROM {warehouse.qualified}_loads GROUP BY t, op ORDER BY t"
+        )
+    else:
+        query = (
+            f"SELECT toUnixTimestamp(toStartOfInterval(loaded_at, {interval})) AS t, op, count()"
+            f" FROM {warehouse.qualified} GROUP BY t, op ORDER BY t"
+        )
     series: dict[str, dict[int, int]] = {}
-    for start, op, count in warehouse.rows(
-        f"SELECT toUnixTimestamp(toStartOfInterval(loaded_at, INTERVAL {int(bucket_s)} SECOND))"
-        f" AS t, op, count() FROM {warehouse.qualified} GROUP BY t, op ORDER BY t"
-    ):
+    for start, op, count in warehouse.rows(query):
         series.setdefault(str(op), {})[int(start)] = int(count)
     return series
 
@@ -389,8 +404,9 @@ _NOTES = {
     "Top videos": f"Videos with at least {MIN_VIEWS} live views, best average first.",
     "Bottom videos": f"Videos with at least {MIN_VIEWS} live views, worst average first.",
     "Completion by country": f"The {MAX_COUNTRIES} countries with the most live views.",
-    "Events over time": "Rows in the raw table by op and load time. ClickHouse may already "
-    "have merged away versions superseded later, so older buckets can undercount loads.",
+    "Events over time": "Rows loaded per op, counted as each insert arrived (the load log): "
+    "superseded versions count although ClickHouse has since merged them away, and a "
+    "redelivered message counts again.",
     "Freshness": "cluster_time is MongoDB's commit time; on nx-27017 it is stamped when the "
     "producer reads the event, so that series leaves out the wait before capture. updated_at "
     "is written by the application with its own clock, so that series includes it.",
