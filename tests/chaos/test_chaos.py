@@ -178,7 +178,7 @@ def test_chaos(
         f"seconds={seconds}"
     )
     with capsys.disabled():  # shown in `make test`'s log too, not only with -s
-        print(f"\n{line}")
+        print(f"\n{line}", flush=True)
     (tmp_path / "chaos.txt").write_text(line + "\n")
     assert stats[0].events >= 20000
     assert injected["producer_kill"] >= 3 and injected["consumer_kill"] >= 3
