@@ -5,8 +5,8 @@ anything about *documents* (completion, videos, devices, countries) goes through
 ``<table>_current`` or the views built on it, and a superseded or deleted state
 never counts. The load history reads what was loaded: events over time from the
 load log (``<table>_loads``, counted as each insert arrives), freshness from the
-raw table's stored rows. Every number is aggregated in
-ClickHouse: Python only receives a few hundred rows, whatever the table's size.
+raw table's stored rows. Every number is aggregated in ClickHouse: Python only
+receives a few hundred rows, whatever the table's size.
 
 Why it prints nothing: the CLI decides how to show things; here we return data
 (rich tables, file paths). Charts are drawn on bare ``Figure`` objects (Agg

@@ -1,5 +1,5 @@
--- Rows loaded per second and operation, counted as each insert arrives. The table
--- above cannot tell this afterwards: ReplacingMergeTree merges superseded versions
+-- Rows loaded per second and operation, counted as each insert arrives. The table of
+-- 002_table.sql cannot tell this afterwards: ReplacingMergeTree merges superseded versions
 -- away, so counting its rows undercounts older loads. A materialized view sees every
 -- inserted block before any merge, and SummingMergeTree adds the counts of one second
 -- together. A redelivered message counts again, as cdcflow_rows_loaded_total does.
