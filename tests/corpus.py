@@ -109,7 +109,7 @@ def build() -> list[Case]:
         Case("unknown operation", _envelope(6, "c06", op="truncate"), "dead", "unknown_operation"),
         Case(
             "future envelope version",
-            _envelope(7, "c07", v=2),
+            _envelope(7, "c07", v=3),
             "dead",
             "unsupported_envelope_version",
         ),
@@ -261,9 +261,11 @@ def build() -> list[Case]:
         ),
         Case(
             "update whose document was deleted",
-            _envelope(47, "c47", op="update", doc=None),
+            _envelope(
+                47, "c47", op="update", doc=None, update={"updated": ["x"], "removed": []}
+            ),
             "ignored",
-            "update_without_document",
+            "update_document_gone",
         ),
     ]
     return cases

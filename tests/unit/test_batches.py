@@ -60,7 +60,7 @@ def test_update_whose_document_is_gone_is_ignored_not_resurrected() -> None:
     }
     batch = run(encode_change(raw).body)
     assert batch.rows.num_rows == 0
-    assert batch.ignored == {"update_without_document": 1}
+    assert batch.ignored == {"update_document_gone": 1}
 
 
 def test_snapshot_rows_and_sweep() -> None:
@@ -83,7 +83,7 @@ def test_poison_messages_are_rejected_with_reasons_and_good_ones_kept() -> None:
         good_before,
         b"{not json",
         b"\xff\xfe\x00garbage",
-        orjson.dumps({**envelope, "v": 2}),
+        orjson.dumps({**envelope, "v": 3}),
         orjson.dumps({**envelope, "op": "truncate"}),
         orjson.dumps({**envelope, "id": None}),
         orjson.dumps({**envelope, "ns": {"db": "media", "coll": "other"}}),

@@ -174,10 +174,11 @@ def test_snapshot_at_the_idle_mark_outranks_earlier_events(real, fixture_events)
     assert all(event_version(e["_id"]) < sweep_version(mark) for e in events)
 
 
-def test_real_event_at_the_snapshot_point_loses_to_the_snapshot(real):
-    token = real["txn2"]["_id"]
-    assert event_version(token) < sweep_version(token) < snapshot_version(token)
-    assert sweep_version(token) == snapshot_version(token) - 1
+def test_a_snapshot_after_an_event_token_ranks_below_the_transaction_s_next_operation(real):
+    first, second = real["txn1"]["_id"], real["txn2"]["_id"]
+    assert sweep_version(first) < snapshot_version(first) < event_version(second)
+    assert sweep_version(first) == snapshot_version(first) - 1
+    assert snapshot_version(first) == event_version(first)  # the same state or a later read
 
 
 def test_body_properties_and_schema_agree(real):
@@ -218,8 +219,9 @@ def test_nx_insert_with_string_id():
 def test_nx_stringified_int_id_matches_the_document_id():
     """documentKey carries "7" where the document has 7: one canonical id for both."""
     envelope = from_change(nx_event(5, "insert", "7", {"_id": 7}))
-    assert envelope.id == "7"
-    assert from_change(nx_event(6, "delete", "7", {"_id": 7})).id == "7"
+    assert envelope.id == "~n:7"  # the number 7, apart from the string "7"
+    assert from_change(nx_event(6, "delete", "7", {"_id": 7})).id == "~n:7"
+    assert from_change(nx_event(7, "insert", "7", {"_id": "7"})).id == "7"
 
 
 def test_nx_objectid_in_both_wrappings():

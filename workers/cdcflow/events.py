@@ -1,7 +1,12 @@
 """The change-event envelope: what the producer publishes and the consumer reads.
 
-One message carries one change. The envelope is versioned (``v``) and is built
-from either shape a change stream can deliver:
+One message carries one change. The envelope is a typed schema whose version
+``v`` every message must carry (a message without it is rejected, never guessed);
+this module writes ``v`` = 2 and the consumer also reads ``v`` = 1 (the same
+fields, written before ``doc_id`` became type-tagged, see :mod:`cdcflow.docids`).
+A later batch envelope (many changes in one message) wraps a list of these
+per-change objects under its own content type and version. It is built from
+either shape a change stream can deliver:
 
 * real MongoDB: bson ``Timestamp`` cluster time, hex KeyString resume tokens,
   deletes with only ``documentKey``, updates whose ``fullDocument`` is null
@@ -21,6 +26,7 @@ import base64
 import datetime as dt
 import math
 import uuid
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, Any, Literal, NamedTuple
 
@@ -29,6 +35,7 @@ from bson import Decimal128, ObjectId, Timestamp
 from bson.binary import Binary
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
+from cdcflow.docids import NX_OID, ForbiddenDocumentId, doc_id, nx_key_text, nx_unwrap
 from cdcflow.versions import (
     MAX_VERSION,
     InvalidEvent,
@@ -39,10 +46,12 @@ from cdcflow.versions import (
     token_data,
 )
 
-ENVELOPE_VERSION: Literal[1] = 1
-CONTENT_TYPE = "application/vnd.cdcflow.change+json; v=1"
+ENVELOPE_VERSION: Literal[2] = 2
+READABLE_ENVELOPE_VERSIONS = (1, 2)
+CONTENT_TYPE = "application/vnd.cdcflow.change+json; v=2"
+OVERSIZE_MARK = "cdcflowOversize"  # set by the producer's guard stage (producer.changestream)
 
-_NEOSQLITE_OID = "__neosqlite_objectid__"
+_NEOSQLITE_OID = NX_OID
 
 
 class Operation(StrEnum):
@@ -52,6 +61,7 @@ class Operation(StrEnum):
     DELETE = "delete"
     SNAPSHOT = "snapshot"  # a document read by the initial (or recovery) snapshot
     SNAPSHOT_END = "snapshot_end"  # end of a snapshot: tombstone what it did not see
+    DROP = "drop"  # the collection was dropped, mirrored as deletes (opt-in)
 
 
 DML_OPERATIONS = frozenset({"insert", "update", "replace", "delete"})
@@ -69,28 +79,15 @@ class UnsupportedEvent(ValueError):
 
 
 def canonical_id(value: Any) -> str:
-    """One string per document id, whatever shape the source gave it in.
+    """The canonical ``doc_id`` of an ``_id`` (:func:`cdcflow.docids.doc_id`).
 
-    nx-27017 stringifies non-ObjectId ids in ``documentKey`` (1 becomes "1") and
-    wraps ObjectIds in ``fullDocument``; real MongoDB gives typed values. Both map
-    to: ObjectId → 24 hex chars, string → itself, integer → decimal digits.
+    Raises :class:`InvalidEvent` (reason ``forbidden_document_id``) for ids MongoDB
+    does not allow, so a caller that turns events into messages records it.
     """
-    if isinstance(value, str):
-        return value
-    if isinstance(value, ObjectId):
-        return str(value)
-    if isinstance(value, bool):
-        return orjson.dumps(value).decode()
-    if isinstance(value, int):
-        return str(int(value))
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))  # MongoDB treats 1.0 and 1 as the same _id
-    if isinstance(value, dict):
-        if value.get(_NEOSQLITE_OID) and isinstance(value.get("id"), str):
-            return str(value["id"])
-        if isinstance(value.get("$oid"), str) and len(value) == 1:
-            return str(value["$oid"])
-    return orjson.dumps(to_json_safe(value), option=orjson.OPT_SORT_KEYS).decode()
+    try:
+        return doc_id(value)
+    except ForbiddenDocumentId as error:
+        raise InvalidEvent(str(error), reason="forbidden_document_id") from None
 
 
 def _iso_millis(moment: dt.datetime) -> str:
@@ -169,16 +166,30 @@ class Namespace(BaseModel):
     coll: str
 
 
+class UpdateFields(BaseModel):
+    """Names of the fields an update changed (MongoDB's ``updateDescription``).
+
+    Carried only when the update has no document: it says the update was real and
+    its lookup found the document gone (a delete follows), as opposed to a message
+    that lost its document.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    updated: list[str]
+    removed: list[str]
+
+
 class ChangeEnvelope(BaseModel):
-    """One change, as published to the queue (schema ``v`` = 1).
+    """One change, as published to the queue (schema ``v`` = 2, ``v`` required).
 
     ``doc`` is the full document after the change in relaxed Extended JSON, or
-    None for deletes, sweeps, and updates whose document was gone at lookup time.
+    None for deletes, sweeps, and updates whose document was gone at lookup time
+    (those carry ``update``).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    v: Literal[1] = ENVELOPE_VERSION
+    v: Literal[1, 2]
     op: Operation
     id: str | None
     version: Version
@@ -188,6 +199,7 @@ class ChangeEnvelope(BaseModel):
     token: dict[str, Any] | None
     captured_at: dt.datetime
     source: Literal["mongodb", "nx-27017"]
+    update: UpdateFields | None = None
 
     @property
     def message_id(self) -> str:
@@ -196,6 +208,8 @@ class ChangeEnvelope(BaseModel):
             return f"snapshot:{self.version}:{self.id}"
         if self.op is Operation.SNAPSHOT_END:
             return f"snapshot_end:{self.version}"
+        if self.op is Operation.DROP:
+            return f"drop:{self.version}"
         return token_data(self.token)
 
     def to_json(self) -> bytes:
@@ -268,6 +282,50 @@ def _encode(payload: dict[str, Any]) -> bytes:
     return orjson.dumps(payload, option=_ENVELOPE_OPTIONS)
 
 
+def _document_id(raw: Mapping[str, Any], full: Any, nx: bool) -> str:
+    """The canonical id of an event's document, with the key checked against the document.
+
+    Real MongoDB: ``documentKey._id`` is typed; a ``fullDocument._id`` must be the
+    same id. nx-27017: ``documentKey._id`` is a string for every non-ObjectId id,
+    so the typed ``fullDocument._id`` (always there: post-image, or pre-image on
+    delete) gives the id, and the key must be its nx-27017 text.
+    """
+    key = raw.get("documentKey")
+    if not isinstance(key, dict) or "_id" not in key:
+        raise InvalidEvent("change event without documentKey._id", reason="missing_document_key")
+    key_id = key["_id"]
+    full_id = full.get("_id", key_id) if isinstance(full, dict) else key_id
+    if full_id is key_id:
+        return canonical_id(key_id)
+    typed = canonical_id(full_id)
+    if nx and isinstance(key_id, str) and not isinstance(nx_unwrap(full_id), str):
+        if key_id == nx_key_text(full_id):
+            return typed
+    elif canonical_id(key_id) == typed:
+        return typed
+    raise InvalidEvent(
+        f"documentKey._id {_short(key_id)} is not fullDocument._id {_short(full_id)}",
+        reason="document_key_mismatch",
+    )
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _update_fields(raw: Mapping[str, Any]) -> dict[str, list[str]]:
+    description = raw.get("updateDescription")
+    if not isinstance(description, dict):
+        return {"updated": [], "removed": []}  # nx-27017 sends none
+    updated = description.get("updatedFields")
+    removed = description.get("removedFields")
+    return {
+        "updated": [str(name) for name in updated] if isinstance(updated, dict) else [],
+        "removed": [str(name) for name in removed] if isinstance(removed, list) else [],
+    }
+
+
 def encode_change(raw: dict[str, Any], *, captured_at: dt.datetime | None = None) -> EncodedChange:
     """Encode one change-stream event (either shape) as an envelope message.
 
@@ -276,37 +334,69 @@ def encode_change(raw: dict[str, Any], *, captured_at: dt.datetime | None = None
     tests hold the two together.
 
     Raises :class:`UnsupportedEvent` for non-DML events and :class:`InvalidEvent`
-    when the event lacks a token or a document key.
+    (with a failed-queue ``reason``) for an event that cannot be a message: no
+    token, no document key, a key that is not the document's ``_id``, an id
+    MongoDB forbids, a ``fullDocument`` that is not a document, a replace without
+    its document, an update with neither a document nor a lookup that found it
+    gone, an event the server had to trim because it was over 16 MB.
     """
     operation = raw.get("operationType")
     if operation not in DML_OPERATIONS:
         raise UnsupportedEvent(f"operationType {operation!r} carries no document change")
     token = raw.get("_id")
     if not isinstance(token, dict) or not isinstance(token.get("_data"), str):
-        raise InvalidEvent("change event without a resume token (_id._data)")
-    key = raw.get("documentKey")
-    if not isinstance(key, dict) or "_id" not in key:
-        raise InvalidEvent("change event without documentKey._id")
+        raise InvalidEvent(
+            "change event without a resume token (_id._data)", reason="missing_resume_token"
+        )
+    if raw.get(OVERSIZE_MARK):
+        raise InvalidEvent(
+            "the change event is over MongoDB's 16 MB limit and this server cannot split "
+            "it ($changeStreamSplitLargeEvent needs 6.0.9 or 7.0+): its document was "
+            "left out by the server",
+            reason="event_too_large",
+        )
     full = raw.get("fullDocument")
-    ns = raw.get("ns") or {}
-    doc_id = canonical_id(key["_id"])
+    if full is not None and not isinstance(full, dict):
+        raise InvalidEvent(
+            f"fullDocument is {type(full).__name__}, not a document", reason="document_not_object"
+        )
+    nx = is_nx_token(token)
+    doc_id_text = _document_id(raw, full, nx)
+    update: dict[str, list[str]] | None = None
+    if full is None and operation != "delete":
+        if operation == "replace":
+            raise InvalidEvent("replace without its document", reason="replace_without_document")
+        if operation == "insert":
+            raise InvalidEvent("insert without its document", reason="insert_without_document")
+        if "fullDocument" not in raw and not isinstance(raw.get("updateDescription"), dict):
+            raise InvalidEvent(
+                "update with neither a document nor an update description",
+                reason="update_without_document",
+            )
+        update = _update_fields(raw)  # the lookup found nothing: the document is gone
     version = event_version(token)
     cluster_time = cluster_time_of(raw.get("clusterTime"))
-    body = _encode(
-        {
-            "v": ENVELOPE_VERSION,
-            "op": operation,
-            "id": doc_id,
-            "version": str(version),
-            "cluster_time": cluster_time,
-            "ns": {"db": str(ns.get("db", "")), "coll": str(ns.get("coll", ""))},
-            "doc": None if operation == "delete" or full is None else encode_document(full),
-            "token": token if len(token) == 1 else to_json_safe(token),
-            "captured_at": captured_at or _now(),
-            "source": "nx-27017" if is_nx_token(token) else "mongodb",
-        }
-    )
-    return EncodedChange(body, token["_data"], operation, version, doc_id, cluster_time)
+    payload: dict[str, Any] = {
+        "v": ENVELOPE_VERSION,
+        "op": operation,
+        "id": doc_id_text,
+        "version": str(version),
+        "cluster_time": cluster_time,
+        "ns": {"db": str((raw.get("ns") or {}).get("db", "")), "coll": _coll(raw)},
+        "doc": None if operation == "delete" or full is None else encode_document(full),
+        "token": token if len(token) == 1 else to_json_safe(token),
+        "captured_at": captured_at or _now(),
+        "source": "nx-27017" if nx else "mongodb",
+    }
+    if update is not None:
+        payload["update"] = update
+    body = _encode(payload)
+    return EncodedChange(body, token["_data"], operation, version, doc_id_text, cluster_time)
+
+
+def _coll(raw: Mapping[str, Any]) -> str:
+    ns = raw.get("ns")
+    return str(ns.get("coll", "")) if isinstance(ns, dict) else ""
 
 
 def from_change(raw: dict[str, Any], *, captured_at: dt.datetime | None = None) -> ChangeEnvelope:
@@ -337,8 +427,9 @@ def snapshot_envelope(
 ) -> ChangeEnvelope:
     """A document read by a snapshot that began at ``start_token``."""
     if "_id" not in document:
-        raise InvalidEvent("snapshot document without _id")
+        raise InvalidEvent("snapshot document without _id", reason="missing_document_key")
     return ChangeEnvelope(
+        v=ENVELOPE_VERSION,
         op=Operation.SNAPSHOT,
         id=canonical_id(document["_id"]),
         version=snapshot_version(start_token),
@@ -356,6 +447,7 @@ def snapshot_end_envelope(
 ) -> ChangeEnvelope:
     """Closes a snapshot: rows older than it that it did not read are deleted at source."""
     return ChangeEnvelope(
+        v=ENVELOPE_VERSION,
         op=Operation.SNAPSHOT_END,
         id=None,
         version=sweep_version(start_token),
@@ -365,4 +457,22 @@ def snapshot_end_envelope(
         token=to_json_safe(start_token),
         captured_at=captured_at or _now(),
         source="nx-27017" if is_nx_token(start_token) else "mongodb",
+    )
+
+
+def drop_envelope(
+    token: Any, *, db: str, coll: str, captured_at: dt.datetime | None = None
+) -> ChangeEnvelope:
+    """A drop mirrored as deletes (opt-in): every row older than the drop is tombstoned."""
+    return ChangeEnvelope(
+        v=ENVELOPE_VERSION,
+        op=Operation.DROP,
+        id=None,
+        version=event_version(token),
+        cluster_time=None,
+        ns=Namespace(db=db, coll=coll),
+        doc=None,
+        token=to_json_safe(token),
+        captured_at=captured_at or _now(),
+        source="nx-27017" if is_nx_token(token) else "mongodb",
     )

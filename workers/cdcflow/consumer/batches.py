@@ -5,16 +5,24 @@ per bundle (a bundle is one batch of up to ``batch_max_messages`` deliveries), s
 the per-message work is only parsing the envelope; cleaning and enrichment run
 column-wise in :mod:`cdcflow.transforms`.
 
-What happens to each message:
+What happens to each message (every message has exactly one outcome: a row, a
+rejection for the failed queue, or an ignored reason from ``rules.IGNORED_REASONS``;
+:attr:`ProcessedBatch.accounted` checks it):
 
-* it cannot be read (encoding, JSON, schema, version, operation, collection) →
-  rejected at stage ``parse`` with a reason from ``rules.MESSAGE_REASONS``;
+* it cannot be read (encoding, JSON, schema, version, operation, collection), or
+  its operation contradicts its document or its AMQP headers → rejected at stage
+  ``parse`` with a reason from ``rules.MESSAGE_REASONS``;
 * insert / update / replace / snapshot with a document → cleaned; a document that
   breaks a rejecting rule is rejected at stage ``clean``; the rest become rows;
-* update / replace without a document (MongoDB's update lookup found it already
-  deleted; its delete event follows) → acknowledged without a row, counted;
+* a document whose cleaning or conversion fails in any other way (any exception)
+  → rejected alone at stage ``transform`` (``transform_error``), the rest of the
+  batch loads;
+* update without a document whose update description says it happened (MongoDB's
+  update lookup found it already deleted; its delete event follows) → acknowledged
+  without a row, counted as ``update_document_gone``;
 * delete → a tombstone row (``is_deleted = 1``) at the delete's version;
-* snapshot_end → a sweep version for the sink (tombstones what the snapshot missed).
+* snapshot_end, drop → a sweep version for the sink (tombstones what the snapshot
+  missed, or every row older than the drop), counted as ignored (no row of its own).
 """
 
 from __future__ import annotations
@@ -22,16 +30,27 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import decimal
+import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 from pydantic import ValidationError
 
-from cdcflow.events import ENVELOPE_VERSION, ChangeEnvelope, Operation, decode_envelope
-from cdcflow.transforms import TIMESTAMP_TYPE, clean_documents
+from cdcflow.events import (
+    READABLE_ENVELOPE_VERSIONS,
+    ChangeEnvelope,
+    Operation,
+    decode_envelope,
+)
+from cdcflow.transforms import TIMESTAMP_TYPE, CleanBatch, clean_documents
+
+log = logging.getLogger(__name__)
+
+H_OP = "x-cdcflow-op"
+H_VERSION = "x-cdcflow-version"
 
 MAX_MESSAGE_BYTES = 17 * 1024 * 1024  # a 16 MB MongoDB document plus its envelope
 ACCEPTED_CONTENT_TYPES = ("application/vnd.cdcflow.change+json", "application/json")
@@ -65,7 +84,7 @@ A test holds this equal to the table in ``warehouse/sql``."""
 class Rejection:
     index: int  # position of the message in its batch
     reason: str  # a rule code (cdcflow.rules) or a message reason code
-    stage: str  # "parse" or "clean"
+    stage: str  # "parse", "clean" or "transform"
     detail: str
     doc_id: str | None = None  # known once the envelope was read
     version: int | None = None
@@ -81,6 +100,11 @@ class ProcessedBatch:
     messages: int = 0
 
     @property
+    def accounted(self) -> int:
+        """Messages with an outcome: rows + rejections + ignored (equals ``messages``)."""
+        return self.rows.num_rows + len(self.rejections) + sum(self.ignored.values())
+
+    @property
     def rows_by_op(self) -> Counter[str]:
         return Counter(self.rows.column("op").to_pylist()) if self.rows.num_rows else Counter()
 
@@ -92,19 +116,26 @@ def _parse_error(error: ValidationError) -> tuple[str, str]:
     if first.get("type") in ("json_invalid", "json_type"):
         return "malformed_json", message
     if location == "v":
-        return (
-            "unsupported_envelope_version",
-            f"v={first.get('input')!r}, expected {ENVELOPE_VERSION}",
-        )
+        if first.get("type") == "missing":
+            return "missing_envelope_version", "the envelope has no v (schema version)"
+        readable = " or ".join(map(str, READABLE_ENVELOPE_VERSIONS))
+        return "unsupported_envelope_version", f"v={first.get('input')!r}, expected {readable}"
     if location == "op":
         return "unknown_operation", f"op={first.get('input')!r}"
     return "invalid_envelope", f"{location or 'envelope'}: {message}"
 
 
 def parse_message(
-    body: bytes, content_type: str | None, collection: str
+    body: bytes,
+    content_type: str | None,
+    collection: str,
+    headers: Mapping[str, Any] | None = None,
 ) -> ChangeEnvelope | Rejection:
-    """The envelope of one message, or why it cannot be used (index filled by caller)."""
+    """The envelope of one message, or why it cannot be used (index filled by caller).
+
+    ``headers`` are the AMQP headers: when they carry the operation or the version
+    (the producer always sets both), they must agree with the body.
+    """
     if len(body) > MAX_MESSAGE_BYTES:
         return Rejection(-1, "message_too_large", "parse", f"{len(body)} bytes")
     if content_type and not content_type.startswith(ACCEPTED_CONTENT_TYPES):
@@ -118,15 +149,42 @@ def parse_message(
     except ValidationError as error:
         reason, detail = _parse_error(error)
         return Rejection(-1, reason, "parse", detail)
-    if envelope.op is not Operation.SNAPSHOT_END and not envelope.id:
-        return Rejection(-1, "missing_document_id", "parse", f"{envelope.op.value} without id")
+    except Exception as error:  # whatever the parser raises, it is this message's fault
+        return Rejection(-1, "invalid_envelope", "parse", f"{type(error).__name__}: {error}"[:300])
+    op, doc_id, version = envelope.op, envelope.id, envelope.version
+
+    def reject(reason: str, detail: str) -> Rejection:
+        return Rejection(-1, reason, "parse", detail, doc_id, version)
+
+    if op not in (Operation.SNAPSHOT_END, Operation.DROP) and not doc_id:
+        return Rejection(-1, "missing_document_id", "parse", f"{op.value} without id")
     if envelope.ns.coll != collection:
-        detail = f"event of {envelope.ns.db}.{envelope.ns.coll}"
-        return Rejection(-1, "wrong_collection", "parse", detail, envelope.id, envelope.version)
-    if envelope.op in (Operation.INSERT, Operation.SNAPSHOT) and envelope.doc is None:
-        detail = f"{envelope.op.value} without doc"
-        return Rejection(-1, "invalid_envelope", "parse", detail, envelope.id, envelope.version)
+        return reject("wrong_collection", f"event of {envelope.ns.db}.{envelope.ns.coll}")
+    if headers:
+        header_op = headers.get(H_OP)
+        if header_op is not None and _text(header_op) != op.value:
+            return reject("operation_mismatch", f"header op {_text(header_op)!r}, body op {op}")
+        header_version = headers.get(H_VERSION)
+        if header_version is not None and _text(header_version) != str(version):
+            return reject(
+                "version_mismatch", f"header version {_text(header_version)}, body {version}"
+            )
+    if op in (Operation.INSERT, Operation.SNAPSHOT) and envelope.doc is None:
+        return reject("invalid_envelope", f"{op.value} without doc")
+    if op is Operation.DELETE and envelope.doc is not None:
+        return reject("operation_mismatch", "a delete that carries a document")
+    if op is Operation.REPLACE and envelope.doc is None:
+        return reject("replace_without_document", "a replace without its document")
+    if op is Operation.UPDATE and envelope.doc is None and envelope.v >= 2:
+        if envelope.update is None:
+            return reject(
+                "update_without_document", "an update with neither a document nor its fields"
+            )
     return envelope
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def _versions(values: Sequence[int]) -> pa.Array:
@@ -134,7 +192,11 @@ def _versions(values: Sequence[int]) -> pa.Array:
 
 
 def process_batch(
-    bodies: Sequence[bytes], content_types: Sequence[str | None], *, collection: str
+    bodies: Sequence[bytes],
+    content_types: Sequence[str | None],
+    *,
+    collection: str,
+    headers: Sequence[Mapping[str, Any] | None] | None = None,
 ) -> ProcessedBatch:
     """Turn one batch of message bodies into rows, rejections, sweeps (see module doc)."""
     rejections: list[Rejection] = []
@@ -143,21 +205,43 @@ def process_batch(
     documents: list[ChangeEnvelope] = []
     tombstones: list[ChangeEnvelope] = []
     doc_positions: list[int] = []
-    for index, (body, content_type) in enumerate(zip(bodies, content_types, strict=True)):
-        parsed = parse_message(body, content_type, collection)
+    all_headers = headers if headers is not None else [None] * len(bodies)
+    for index, (body, content_type, message_headers) in enumerate(
+        zip(bodies, content_types, all_headers, strict=True)
+    ):
+        parsed = parse_message(body, content_type, collection, message_headers)
         if isinstance(parsed, Rejection):
             rejections.append(dataclasses.replace(parsed, index=index))
         elif parsed.op is Operation.DELETE:
             tombstones.append(parsed)
         elif parsed.op is Operation.SNAPSHOT_END:
             sweeps.append(parsed.version)
+            ignored["snapshot_end"] += 1
+        elif parsed.op is Operation.DROP:
+            sweeps.append(parsed.version)
+            ignored["drop_mirrored"] += 1
         elif parsed.doc is None:
-            ignored["update_without_document"] += 1
+            ignored["update_document_gone"] += 1
         else:
             documents.append(parsed)
             doc_positions.append(index)
 
-    cleaned = clean_documents([envelope.doc for envelope in documents])
+    try:
+        rows, cleaned = _load(documents, tombstones)
+    except Exception:  # one bad document must not sink the batch: find it alone
+        rows, cleaned, failed = _load_one_by_one(documents, tombstones)
+        for position, error in failed:
+            envelope = documents[position]
+            rejections.append(
+                Rejection(
+                    doc_positions[position],
+                    "transform_error",
+                    "transform",
+                    f"{type(error).__name__}: {error}"[:300],
+                    envelope.id,
+                    envelope.version,
+                )
+            )
     for position, (reason, detail) in sorted(cleaned.rejected.items()):
         envelope = documents[position]
         rejections.append(
@@ -165,9 +249,6 @@ def process_batch(
                 doc_positions[position], reason, "clean", detail, envelope.id, envelope.version
             )
         )
-    kept = [documents[position] for position in cleaned.kept]
-
-    rows = _rows(kept, cleaned.columns, tombstones)
     rejections.sort(key=lambda rejection: rejection.index)
     return ProcessedBatch(
         rows=rows,
@@ -177,6 +258,51 @@ def process_batch(
         fixes=cleaned.fixes,
         messages=len(bodies),
     )
+
+
+def _load(
+    documents: Sequence[ChangeEnvelope], tombstones: Sequence[ChangeEnvelope]
+) -> tuple[pa.Table, CleanBatch]:
+    cleaned = clean_documents([envelope.doc for envelope in documents])
+    kept = [documents[position] for position in cleaned.kept]
+    return _rows(kept, cleaned.columns, tombstones), cleaned
+
+
+def _load_one_by_one(
+    documents: Sequence[ChangeEnvelope], tombstones: Sequence[ChangeEnvelope]
+) -> tuple[pa.Table, CleanBatch, list[tuple[int, Exception]]]:
+    """The slow path after a batch failed: each document alone, failures kept apart.
+
+    Positions in the returned ``CleanBatch`` refer to ``documents``, as the fast
+    path's do.
+    """
+    tables: list[pa.Table] = []
+    merged = CleanBatch(columns={}, kept=[], rejected={})
+    failed: list[tuple[int, Exception]] = []
+    for position, envelope in enumerate(documents):
+        try:
+            table, cleaned = _load([envelope], ())
+        except Exception as error:
+            failed.append((position, error))
+            log.warning(
+                "document rejected: its transform failed (%s: %s)",
+                type(error).__name__,
+                error,
+                extra={"stage": "consumer.transform", "doc_id": envelope.id or "-"},
+            )
+            continue
+        tables.append(table)
+        merged.fixes.update(cleaned.fixes)
+        if cleaned.rejected:
+            merged.rejected[position] = cleaned.rejected[0]
+        else:
+            merged.kept.append(position)
+    tables.append(_rows([], _empty_columns(), tombstones))
+    return pa.concat_tables(tables), merged, failed
+
+
+def _empty_columns() -> dict[str, pa.Array]:
+    return clean_documents([]).columns
 
 
 def _rows(

@@ -65,6 +65,7 @@ class TransformBatch(beam.PTransform[Any, Any]):
                 [delivery.body for delivery in batch.deliveries],
                 [delivery.properties.content_type for delivery in batch.deliveries],
                 collection=collection,
+                headers=[delivery.properties.headers for delivery in batch.deliveries],
             )
             return TransformedBatch(batch, processed)
 
@@ -93,6 +94,13 @@ class _WriteFn(beam.DoFn):
 
     def process(self, batch: TransformedBatch) -> Iterator[TransformedBatch]:
         processed = batch.processed
+        if processed.accounted != processed.messages:
+            # Acking now would acknowledge a message with no row, no failed-queue record
+            # and no counted reason: fail the bundle instead (nothing is acked).
+            raise RuntimeError(
+                f"batch of {processed.messages} messages accounts for {processed.accounted}: "
+                "refusing to acknowledge it"
+            )
         rows = processed.rows
         if rows.num_rows:
             loaded_at = loaded_now()
