@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from cdcflow.docids import MAPPING as DOC_ID_MAPPING
+
 
 class Action(StrEnum):
     fixed = "fixed"
@@ -212,12 +214,39 @@ RULES: tuple[Rule, ...] = (
         f'"{UNKNOWN_COUNTRY}" (a valid code in lower case, such as "pt", becomes "PT")',
     ),
     Rule(
+        "timestamp_epoch_number",
+        Kind.timestamp,
+        "a timestamp is a date-time, not a number",
+        {"started_at": 1732551150},
+        Action.fixed,
+        "read as epoch time, the unit decided by size: below 10^11 seconds, below 10^14 "
+        "milliseconds, below 10^17 microseconds, else nanoseconds (1732551150 and "
+        "1732551150000 are both 2024-11-25T16:12:30Z)",
+    ),
+    Rule(
+        "timestamp_bad_extended_json",
+        Kind.timestamp,
+        'a value shaped as Extended JSON {"$date": ...} holds an ISO-8601 text, '
+        '{"$numberLong": "<milliseconds>"} or a whole number of milliseconds',
+        {"started_at": {"$date": {"$numberLong": "x"}}},
+        Action.fixed,
+        "null (unknown): the row loads, the rule is counted",
+    ),
+    Rule(
+        "timestamp_out_of_range",
+        Kind.timestamp,
+        "a timestamp lies between 1900-01-01 and 9999-12-31",
+        {"started_at": {"$date": 1e17}},
+        Action.fixed,
+        "null (unknown): the row loads, the rule is counted",
+    ),
+    Rule(
         "timestamp_invalid",
         Kind.timestamp,
-        "a timestamp is a date-time",
+        "a timestamp is a date-time (ISO-8601 text, a BSON date, or an epoch number)",
         {"started_at": "yesterday"},
         Action.fixed,
-        "null (unknown)",
+        "null (unknown): the row loads, the rule is counted",
     ),
 )
 
@@ -235,6 +264,57 @@ MESSAGE_REASONS: tuple[tuple[str, str], ...] = (
     ("missing_document_id", "a document change has no id"),
     ("invalid_envelope", "the envelope breaks its schema (a field missing or of the wrong type)"),
     ("wrong_collection", "the event belongs to another collection than this pipeline's"),
+    ("missing_envelope_version", "the envelope has no v: a version is never guessed"),
+    (
+        "operation_mismatch",
+        "the operation contradicts the message: a delete that carries a document, or an "
+        "x-cdcflow-op header that differs from the body's op",
+    ),
+    ("version_mismatch", "the x-cdcflow-version header differs from the body's version"),
+    ("replace_without_document", "a replace without its document (MongoDB always sends it)"),
+    (
+        "update_without_document",
+        "an update with neither a document nor its update description: nothing to load "
+        "and no sign the document is gone",
+    ),
+    (
+        "transform_error",
+        "converting this one document failed in an unexpected way (the detail has the "
+        "error); the rest of its batch loads",
+    ),
+)
+
+# Events the producer cannot publish as changes. Each goes to `<collection>.failed` as a
+# failed-event record (stage `producer`) with its resume token and documentKey, is counted
+# in cdcflow_events_failed_total{reason}, and capture continues after it.
+PRODUCER_REASONS: tuple[tuple[str, str], ...] = (
+    ("missing_resume_token", "the event has no resume token (_id._data)"),
+    ("missing_document_key", "the event has no documentKey._id"),
+    ("document_key_mismatch", "documentKey._id is not the fullDocument's _id"),
+    ("forbidden_document_id", "the _id is of a type MongoDB forbids (array, regex, undefined)"),
+    ("document_not_object", "fullDocument is not a document"),
+    ("insert_without_document", "an insert without its document"),
+    ("replace_without_document", "a replace without its document"),
+    ("update_without_document", "an update with neither a document nor an update description"),
+    (
+        "event_too_large",
+        "the event is over 16 MB and the server cannot split it (before 6.0.9): the server "
+        "left its document out, the record keeps its key and token",
+    ),
+    ("unknown_token_version", "the resume token has a layout this cdcflow does not know"),
+    ("invalid_event", "any other event that cannot be read"),
+)
+
+# Messages acknowledged without a row and without a failed-queue record, each counted in
+# cdcflow_messages_ignored_total{reason}. No other message is acknowledged without a trace.
+IGNORED_REASONS: tuple[tuple[str, str], ...] = (
+    (
+        "update_document_gone",
+        "an update whose lookup found the document already deleted (fullDocument null); "
+        "its delete event follows and tombstones it",
+    ),
+    ("snapshot_end", "the end-of-snapshot marker: runs the sweep, has no row of its own"),
+    ("drop_mirrored", "a drop mirrored as deletes (opt-in): runs the sweep, has no row"),
 )
 
 
@@ -291,5 +371,68 @@ def render_markdown() -> str:
     ]
     for code, meaning in MESSAGE_REASONS:
         lines.append(f"| `{code}` | {meaning} |")
-    lines.append("")
+    lines += [
+        "",
+        "## Events the producer cannot publish",
+        "",
+        "The producer never stops on one event. An event it cannot turn into a change",
+        "message goes to `<collection>.failed` as a failed-event record (content type",
+        "`application/vnd.cdcflow.failed-event+json`, stage `producer`) with the reason,",
+        "its resume token and its documentKey, is counted in",
+        "`cdcflow_events_failed_total{reason}` (alert `CdcflowEventsSkippedOrFailed`), and",
+        "capture continues after it. `cdcflow dlq replay` leaves these records in place:",
+        "the change they stand for must be read from MongoDB again (fix the document, or",
+        "touch it so a new event is made).",
+        "",
+        "| code | meaning |",
+        "| --- | --- |",
+    ]
+    for code, meaning in PRODUCER_REASONS:
+        lines.append(f"| `{code}` | {meaning} |")
+    lines += [
+        "",
+        "## Messages acknowledged without a row",
+        "",
+        "Every acknowledged message leaves a warehouse row, a failed-queue record, or one",
+        "of these reasons, counted in `cdcflow_messages_ignored_total{reason}`:",
+        "",
+        "| reason | meaning |",
+        "| --- | --- |",
+    ]
+    for code, meaning in IGNORED_REASONS:
+        lines.append(f"| `{code}` | {meaning} |")
+    lines += [
+        "",
+        "## Document ids",
+        "",
+        "`doc_id` is one canonical text per MongoDB `_id`, equal exactly when MongoDB",
+        "calls two ids equal: numbers by value across types, strings apart from numbers,",
+        "embedded documents field by field in order. Readable forms stay bare; every",
+        "other type is `~<tag>:<value>`, and a string that could be mistaken for another",
+        "form is written `~s:<string>`, so no two ids share a text.",
+        "",
+        "| `_id` type | example | `doc_id` |",
+        "| --- | --- | --- |",
+    ]
+    for kind, example, text in DOC_ID_MAPPING:
+        shown = text if text.startswith("rejected") else f"`{text}`"
+        lines.append(f"| {kind} | `{example}` | {shown} |")
+    lines += [
+        "",
+        "On nx-27017 (the local stand-in) `documentKey._id` is a string for every",
+        "non-ObjectId id (1 arrives as \"1\"): the id is taken from the typed",
+        "`fullDocument._id`, which nx-27017 always sends (the pre-image on delete), and the",
+        "key must be its text. A `documentKey._id` that is not the `fullDocument._id` is",
+        "rejected (`document_key_mismatch`). nx-27017 stores a UUID as subtype 0 binary, so",
+        "there it becomes `~bin0:...`.",
+        "",
+        "## Values that look like Extended JSON",
+        "",
+        "A document field that is a one-key object `{\"$date\": ...}` is read as an",
+        "Extended JSON date; `{\"$numberLong\": ...}`, `{\"$numberInt\": ...}`,",
+        "`{\"$numberDouble\": ...}` and `{\"$numberDecimal\": ...}` as numbers. One that is",
+        "shaped so but holds no valid value follows the rules above",
+        "(`timestamp_bad_extended_json`, `number_not_numeric`); it never fails its batch.",
+        "",
+    ]
     return "\n".join(lines)

@@ -201,23 +201,96 @@ def _country_column(spec: Field, values: list[Any], batch: _Batch) -> pa.Array:
     return pc.if_else(valid, upper, UNKNOWN_COUNTRY)
 
 
-def _parse_moment(value: Any) -> dt.datetime | None:
-    if isinstance(value, dict) and len(value) == 1 and "$date" in value:
-        value = value["$date"]
-        if isinstance(value, dict) and "$numberLong" in value:
-            value = int(value["$numberLong"])
-        if isinstance(value, int) and not isinstance(value, bool):
-            return dt.datetime.fromtimestamp(value / 1000, dt.UTC)
-    if isinstance(value, dt.datetime):
-        moment = value
-    elif isinstance(value, str):
+_EPOCH_UNITS = ((1e11, 1.0), (1e14, 1e3), (1e17, 1e6))  # below: seconds, ms, µs; else ns
+_EARLIEST = dt.datetime(1900, 1, 1, tzinfo=dt.UTC)
+
+
+def epoch_seconds(number: float) -> float:
+    """Seconds since 1970 of an epoch number whose unit is decided by its magnitude.
+
+    Below 10^11 it is seconds (10^11 s is the year 5138; 10^11 ms only March
+    1973), below 10^14 milliseconds, below 10^17 microseconds, else nanoseconds:
+    each unit's range starts where the one before stops being a plausible date.
+    """
+    magnitude = abs(number)
+    for limit, per_second in _EPOCH_UNITS:
+        if magnitude < limit:
+            return number / per_second
+    return number / 1e9
+
+
+def _from_epoch(seconds: float) -> tuple[dt.datetime | None, str | None]:
+    try:
+        moment = dt.datetime.fromtimestamp(seconds, dt.UTC)
+    except (OverflowError, OSError, ValueError):
+        return None, "timestamp_out_of_range"
+    return _in_range(moment)
+
+
+def _in_range(moment: dt.datetime) -> tuple[dt.datetime | None, str | None]:
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+    if moment < _EARLIEST:
+        return None, "timestamp_out_of_range"
+    return moment, None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _parse_extended_date(inner: Any) -> tuple[dt.datetime | None, str | None]:
+    """``{"$date": inner}``: ISO text, ``{"$numberLong": "<ms>"}`` or a number of ms."""
+    if isinstance(inner, str):
+        moment, code = _parse_text(inner)
+        return (moment, None) if moment is not None else (None, "timestamp_bad_extended_json")
+    if isinstance(inner, dict) and len(inner) == 1 and isinstance(inner.get("$numberLong"), str):
         try:
-            moment = dt.datetime.fromisoformat(value.strip())
+            millis = int(inner["$numberLong"])
         except ValueError:
-            return None
-    else:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+            return None, "timestamp_bad_extended_json"
+        return _from_epoch(millis / 1000)
+    if _is_number(inner) and math.isfinite(inner) and float(inner).is_integer():
+        return _from_epoch(inner / 1000)
+    return None, "timestamp_bad_extended_json"
+
+
+def _parse_text(text: str) -> tuple[dt.datetime | None, str | None]:
+    text = text.strip()
+    try:
+        return _in_range(dt.datetime.fromisoformat(text))
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
+        return None, "timestamp_invalid"
+    if not math.isfinite(number):
+        return None, "timestamp_invalid"
+    moment, code = _from_epoch(epoch_seconds(number))
+    return moment, code or "timestamp_epoch_number"
+
+
+def parse_moment(value: Any) -> tuple[dt.datetime | None, str | None]:
+    """A date-time from any value a document may hold, and the rule that applied.
+
+    Returns (moment, None) for a date taken as is, (moment, "timestamp_epoch_number")
+    for an epoch number converted by :func:`epoch_seconds`, and (None, code) for a
+    value that is no date, with the code of the rule that says why.
+    """
+    if isinstance(value, dt.datetime):
+        return _in_range(value)
+    if isinstance(value, dict):
+        if len(value) == 1 and "$date" in value:
+            return _parse_extended_date(value["$date"])
+        return None, "timestamp_invalid"
+    if isinstance(value, str):
+        return _parse_text(value)
+    if _is_number(value):
+        if not math.isfinite(value):
+            return None, "timestamp_invalid"
+        moment, code = _from_epoch(epoch_seconds(value))
+        return moment, code or "timestamp_epoch_number"
+    return None, "timestamp_invalid"
 
 
 def _extended_dates(values: list[Any]) -> list[str | None] | None:
@@ -243,21 +316,11 @@ def _timestamp_column(spec: Field, values: list[Any], batch: _Batch) -> pa.Array
             pass  # a value without a zone, or not a date: value by value below
     moments: list[dt.datetime | None] = []
     for value in values:
-        moment = _parse_moment(value) if value is not None else None
-        if value is not None and moment is None:
-            batch.fix("timestamp_invalid")
+        moment, code = parse_moment(value) if value is not None else (None, None)
+        if code is not None:
+            batch.fix(code)
         moments.append(moment)
-    try:
-        return pa.array(moments, TIMESTAMP_TYPE)
-    except (pa.ArrowInvalid, OverflowError, ValueError):
-        # A year outside Arrow's range: treat as invalid, like an unparsable one.
-        safe = []
-        for moment in moments:
-            ok = moment is not None and dt.datetime(1900, 1, 1, tzinfo=dt.UTC) <= moment
-            safe.append(moment if ok else None)
-            if moment is not None and not ok:
-                batch.fix("timestamp_invalid")
-        return pa.array(safe, TIMESTAMP_TYPE)
+    return pa.array(moments, TIMESTAMP_TYPE)
 
 
 _CONVERTERS: dict[Kind, Callable[[Field, list[Any], _Batch], pa.Array]] = {
