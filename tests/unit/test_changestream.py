@@ -414,26 +414,56 @@ def test_nx_gap_makes_the_producer_resnapshot():
     assert offsets.offsets["media.views"]["token"] == nx(2501)
 
 
-def test_stream_end_resnapshots_and_unsupported_events_are_skipped():
+class StoppingOffsets(FakeCollection):
+    """The offsets collection; once capture is marked stopped, the test stops the loop."""
+
+    def update_one(self, query: dict[str, Any], update: dict[str, Any], upsert: bool) -> None:
+        super().update_one(query, update, upsert)
+        if "stopped" in update["$set"]:
+            self.stop.set()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("ending", ["drop", "rename", "dropDatabase", "invalidate"])
+def test_stream_end_stops_capture_and_unsupported_events_are_skipped(ending, caplog):
+    """Today's main re-snapshotted the emptied collection here (and swept the warehouse)."""
     collection = FakeCollection([{"_id": "a"}])
-    streams = deque(
-        [
-            [
-                {"_id": nx(4), "operationType": "createIndexes"},
-                {"_id": nx(5), "operationType": "drop"},
-            ],
-            [],
-        ]
+    events = [
+        {"_id": nx(4), "operationType": "createIndexes"},
+        {"_id": nx(5), "operationType": ending},
+    ]
+    collection.on_watch = lambda options: FakeStream(events, nx(3))
+    settings = Settings(mongo_collection="views", mongo_db="media", metrics_port=0)
+    offsets = StoppingOffsets()
+    offsets.offsets["media.views"] = {"_id": "media.views", "token": nx(3)}
+    publisher, stop = FakePublisher(), threading.Event()
+    offsets.stop = stop  # type: ignore[attr-defined]
+    producer = Producer(
+        settings,
+        FakeClient(collection, offsets),  # type: ignore[arg-type]
+        publisher,  # type: ignore[arg-type]
+        Health("producer"),
+        stop,
     )
+    def skipped() -> float:
+        labels = {"reason": "unsupported_operation"}
+        return metrics.REGISTRY.get_sample_value("cdcflow_events_skipped_total", labels) or 0.0
 
-    def watch(options: dict[str, Any]) -> FakeStream:
-        events = streams.popleft()
-        stop = None if streams else collection.stop  # type: ignore[attr-defined]
-        return FakeStream(events, nx(3 if streams else 5), stop=stop)
-
-    collection.on_watch = watch
-    producer, publisher, offsets = run_loop(collection, saved=nx(3))
-    assert producer.stats.skipped == 1 and producer.stats.snapshots == 1
-    assert publisher.ops() == ["snapshot", "snapshot_end"]
-    assert [w["resume_after"] for w in collection.watches] == [nx(3), None]
-    assert offsets.offsets["media.views"]["token"] == nx(5)
+    before = skipped()
+    with caplog.at_level("WARNING"):
+        producer.run()
+    producer.close()
+    assert producer.stats.skipped == 1 and producer.stats.snapshots == 0
+    assert skipped() == before + 1
+    assert any(
+        r.levelname == "WARNING" and "createIndexes" in r.getMessage() for r in caplog.records
+    )
+    assert publisher.ops() == []  # no re-snapshot, no sweep: the warehouse stays as it is
+    assert [w["resume_after"] for w in collection.watches] == [nx(3)]
+    marker = offsets.offsets["media.views"]["stopped"]
+    assert (marker["reason"], marker["token"]) == (ending, nx(5))
+    assert offsets.offsets["media.views"]["token"] == nx(5)  # saved past the event
+    assert producer.stats.stopped == ending
+    stopped = metrics.REGISTRY.get_sample_value("cdcflow_capture_stopped", {"reason": ending})
+    assert stopped == 1.0
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors and "deleteOne" in errors[0] and "keeps every row" in errors[0]

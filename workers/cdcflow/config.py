@@ -108,6 +108,11 @@ class Settings(BaseSettings):
     )
     snapshot_batch: int = Field(1000, ge=1, description="Documents per snapshot read batch.")
     stream_batch: int = Field(1000, ge=1, description="Change-stream cursor batch size.")
+    mirror_drop_as_deletes: bool = Field(
+        False,
+        description="When the source collection is dropped, mark every warehouse row of it "
+        "deleted (default: keep the warehouse as it is and stop capture).",
+    )
 
     # --- consumer -----------------------------------------------------------------
     runner: Runner = Field(Runner.inprocess, description="Beam runner: inprocess or flink.")

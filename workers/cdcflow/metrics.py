@@ -50,6 +50,18 @@ EVENTS_SKIPPED = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+EVENTS_FAILED = Counter(
+    "cdcflow_events_failed_total",
+    "Change events the producer could not publish, recorded in the failed queue, by reason.",
+    ["reason"],
+    registry=REGISTRY,
+)
+CAPTURE_STOPPED = Gauge(
+    "cdcflow_capture_stopped",
+    "1 while capture of the collection is stopped (drop, rename, dropDatabase, invalidate).",
+    ["reason"],
+    registry=REGISTRY,
+)
 PUBLISH_CONFIRM_SECONDS = Histogram(
     "cdcflow_publish_confirm_seconds",
     "Time from publish to the broker's confirm.",

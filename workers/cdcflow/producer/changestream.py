@@ -11,9 +11,21 @@ Both sources are read the same way, but lose history differently:
   is above the resume token's N + 1 proves the loss (:func:`history_gap`).
 
 Either way :class:`~cdcflow.errors.HistoryLost` is raised and the producer
-re-snapshots. Events over 16 MB arrive from MongoDB as ``splitEvent`` fragments
-(``$changeStreamSplitLargeEvent``); :class:`SplitEventAssembler` joins them so
-the rest of the producer sees one event.
+re-snapshots.
+
+Events over 16 MB. Where the server supports it (7.0, and 6.0.9 on) the stream
+asks for ``$changeStreamSplitLargeEvent`` and :class:`SplitEventAssembler` joins
+the fragments, so the rest of the producer sees one event. Where it does not,
+the server fails the getMore with BSONObjectTooLarge (10334) on that event, and
+again on every resume: the reader then reopens the stream after the last event
+it read with :data:`OVERSIZE_GUARD`, a stage that drops the document and the
+update description of an event too large to send and marks it, so the event
+still arrives with its token and documentKey; the producer records it in the
+failed queue and goes on.
+
+pymongo resumes a stream inside ``try_next()`` after a dropped connection
+without telling anyone; the reader notices the new cursor, logs it at WARNING
+and counts it in ``cdcflow_reconnects_total{service="mongodb"}``.
 """
 
 from __future__ import annotations
@@ -24,9 +36,11 @@ from typing import Any
 
 from pymongo.change_stream import CollectionChangeStream
 from pymongo.collection import Collection
-from pymongo.errors import OperationFailure
+from pymongo.errors import InvalidOperation, OperationFailure
 
+from cdcflow import metrics
 from cdcflow.errors import HistoryLost
+from cdcflow.events import OVERSIZE_MARK
 from cdcflow.versions import InvalidEvent, is_nx_token, nx_sequence, token_data
 
 log = logging.getLogger(__name__)
@@ -35,7 +49,59 @@ Token = dict[str, Any]
 Event = dict[str, Any]
 
 HISTORY_LOST_CODE = 286  # ChangeStreamHistoryLost
+TOO_LARGE_CODE = 10334  # BSONObjectTooLarge: an event over 16 MB
 _MAX_AWAIT_MS = 500  # real MongoDB parks an idle getMore this long; nx-27017 answers at once
+_OVERSIZE_BYTES = 15 * 1024 * 1024  # leaves room for the rest of the event under 16 MB
+SPLIT_STAGE: dict[str, Any] = {"$changeStreamSplitLargeEvent": {}}
+OVERSIZE_GUARD: list[dict[str, Any]] = [
+    {
+        "$addFields": {
+            OVERSIZE_MARK: {
+                "$gt": [
+                    {
+                        "$add": [
+                            {"$bsonSize": {"$ifNull": ["$fullDocument", {}]}},
+                            {"$bsonSize": {"$ifNull": ["$updateDescription", {}]}},
+                        ]
+                    },
+                    _OVERSIZE_BYTES,
+                ]
+            }
+        }
+    },
+    {
+        "$addFields": {
+            "fullDocument": {"$cond": [f"${OVERSIZE_MARK}", "$$REMOVE", "$fullDocument"]},
+            "updateDescription": {
+                "$cond": [f"${OVERSIZE_MARK}", "$$REMOVE", "$updateDescription"]
+            },
+        }
+    },
+]
+
+
+class PoisonStream(HistoryLost):
+    """The stream cannot go on past an event (pymongo refused an event without a token).
+
+    The event itself is not available: the producer records the failure and
+    re-snapshots from a fresh stream, which starts after it.
+    """
+
+    reason = "missing_resume_token"
+
+
+def supports_split_events(version: str | None) -> bool:
+    """True for servers with ``$changeStreamSplitLargeEvent``: 7.0 on, and 6.0.9 on 6.0."""
+    if not version:
+        return False  # nx-27017 reports no version
+    parts: list[int] = []
+    for piece in version.split("-")[0].split(".")[:3]:
+        if not piece.isdigit():
+            return False
+        parts.append(int(piece))
+    numbers = (parts + [0, 0, 0])[:3]
+    major, minor, patch = numbers
+    return major >= 7 or (major, minor) == (6, 0) and patch >= 9
 
 
 def is_history_lost(error: BaseException) -> bool:
@@ -105,12 +171,18 @@ class ChangeReader:
     Other errors (server gone) propagate: pymongo already retried once.
     """
 
-    def __init__(self, collection: Collection[Event], *, batch_size: int) -> None:
+    def __init__(
+        self, collection: Collection[Event], *, batch_size: int, split_events: bool = False
+    ) -> None:
         self._collection = collection
         self._batch_size = batch_size
+        self._split_events = split_events  # the server has $changeStreamSplitLargeEvent
+        self._guard = False  # OVERSIZE_GUARD on, after a BSONObjectTooLarge
         self._stream: CollectionChangeStream[Event] | None = None
+        self._cursor: Any = None  # pymongo's cursor under the stream: replaced on a resume
         self._resumed_from: Token | None = None
         self._assembler = SplitEventAssembler()
+        self.resumes = 0  # resumes pymongo did on its own inside try_next()
 
     def open(self, resume_after: Token | None = None) -> Token:
         """Open the stream; returns its start token (exists before any event).
@@ -124,6 +196,7 @@ class ChangeReader:
             self._assembler = SplitEventAssembler()
         try:
             self._stream = self._collection.watch(
+                pipeline=self.pipeline() or None,
                 full_document="updateLookup",
                 resume_after=resume_after,
                 batch_size=self._batch_size,
@@ -134,10 +207,20 @@ class ChangeReader:
                 raise HistoryLost(_lost_message(resume_after, error)) from error
             raise
         self._resumed_from = resume_after
+        self._cursor = getattr(self._stream, "_cursor", None)
         token = self._stream.resume_token
         if token is None:  # MongoDB before 4.0.7 gives no initial token
             raise InvalidEvent("the change stream did not report a start token")
         return dict(token)
+
+    def pipeline(self) -> list[dict[str, Any]]:
+        """The stages the stream is opened with (split must be the last one)."""
+        stages: list[dict[str, Any]] = []
+        if self._guard:
+            stages += OVERSIZE_GUARD
+        if self._split_events:
+            stages.append(SPLIT_STAGE)
+        return stages
 
     @property
     def resume_token(self) -> Token | None:
@@ -171,7 +254,14 @@ class ChangeReader:
             except OperationFailure as error:
                 if is_history_lost(error):
                     raise HistoryLost(_lost_message(self._resumed_from, error)) from error
+                if error.code == TOO_LARGE_CODE:
+                    stream = self._reopen_guarded(error)
+                    continue
                 raise
+            except InvalidOperation as error:
+                # pymongo refuses an event without a resume token and closes the stream.
+                raise PoisonStream(f"the change stream cannot go on: {error}") from error
+            self._notice_resume(stream)
             if event is None:
                 return None
             if self._resumed_from is not None:
@@ -193,6 +283,39 @@ class ChangeReader:
                     continue
                 return merged
             return event
+
+    def _notice_resume(self, stream: Any) -> None:
+        cursor = getattr(stream, "_cursor", None)
+        if cursor is not None and cursor is not self._cursor:
+            if self._cursor is not None:
+                self.resumes += 1
+                metrics.RECONNECTS.labels(service="mongodb").inc()
+                log.warning(
+                    "the MongoDB change stream was resumed after a lost connection or "
+                    "cursor (pymongo did it inside try_next); nothing is lost",
+                    extra={"stage": "producer", "service": "mongodb"},
+                )
+            self._cursor = cursor
+
+    def _reopen_guarded(self, error: OperationFailure) -> CollectionChangeStream[Event]:
+        """After BSONObjectTooLarge: reopen after the last event read, with the guard."""
+        if self._guard or self._split_events:
+            # Even trimmed (or split) the event cannot be sent: only a snapshot helps.
+            raise HistoryLost(f"a change event cannot be read even without its document: {error}")
+        token = self.resume_token
+        log.warning(
+            "a change event is over MongoDB's 16 MB limit and this server cannot split it "
+            "(needs 6.0.9 or 7.0+): reopening the stream after %s with a stage that leaves "
+            "such documents out; the event is recorded in the failed queue",
+            token_data(token) if token else "the stream start",
+            extra={"stage": "producer", "service": "mongodb", "reason": "event_too_large"},
+        )
+        self._guard = True
+        resumed_from = self._resumed_from
+        self.open(resume_after=token)
+        self._resumed_from = resumed_from
+        assert self._stream is not None
+        return self._stream
 
     def close(self) -> None:
         if self._stream is not None:

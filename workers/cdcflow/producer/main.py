@@ -7,13 +7,25 @@ Order of work, and why:
 
 1. Open the stream *before* reading anything else (nx-27017 captures a collection
    only from its first ``watch()``). With a saved token, resume after it.
-2. Without one, or when history was lost, or the stream ended (drop, rename,
-   invalidate): the fresh stream's start token P is the snapshot point; every
-   document is published as a ``snapshot`` at a version just above P, then one
-   ``snapshot_end`` (the consumer tombstones rows the snapshot did not see),
-   then the same cursor is streamed. Duplicates collapse downstream; gaps cannot.
+2. Without one, or when history was lost: the fresh stream's start token P is
+   the snapshot point; every document is published as a ``snapshot`` at a
+   version just below the first event the stream can deliver after P (see
+   :mod:`cdcflow.versions`), then one ``snapshot_end`` (the consumer tombstones
+   rows the snapshot did not see), then the same cursor is streamed. Duplicates
+   collapse downstream; gaps cannot.
 3. A token is saved only once the broker confirmed it and everything before it
    (the publisher's watermark), at most every ``offset_flush_s`` and at shutdown.
+4. An event that cannot be published never stops capture: it is recorded in the
+   failed queue (:mod:`cdcflow.producer.failures`) and its token checkpointed
+   behind that record. Events that are no document change are skipped, logged
+   at WARNING and counted.
+5. A drop, rename, dropDatabase or invalidate (or, on nx-27017, which sends none,
+   the collection disappearing) stops capture of the collection: the warehouse is
+   left as it is (``mirror_drop_as_deletes`` tombstones it on a drop instead),
+   the stop is remembered in the offsets document, logged with what to do,
+   exported as ``cdcflow_capture_stopped`` and shown by ``cdcflow status``. The
+   process stays up and resumes with a fresh snapshot once the offsets document
+   is deleted.
 """
 
 from __future__ import annotations
@@ -34,6 +46,7 @@ from cdcflow.errors import HistoryLost
 from cdcflow.events import (
     DML_OPERATIONS,
     STREAM_ENDING_OPERATIONS,
+    drop_envelope,
     encode_change,
     encode_envelope,
     snapshot_end_envelope,
@@ -42,7 +55,13 @@ from cdcflow.events import (
 from cdcflow.health import Health
 from cdcflow.mongo import open_mongo_client, wait_for_mongo
 from cdcflow.producer.amqp import message_entry
-from cdcflow.producer.changestream import ChangeReader, snapshot_batches
+from cdcflow.producer.changestream import (
+    ChangeReader,
+    PoisonStream,
+    snapshot_batches,
+    supports_split_events,
+)
+from cdcflow.producer.failures import failed_entry
 from cdcflow.producer.offsets import OffsetStore
 from cdcflow.producer.outbox import Entry, Token, checkpoint_entry
 from cdcflow.producer.publishing import Publisher
@@ -54,6 +73,9 @@ DRAIN_TIMEOUT_S = 10.0  # at shutdown: how long to wait for outstanding confirms
 IDLE_SLEEP_S = 0.05  # after an empty getMore (nx-27017 does not park idle getMores)
 TICK_S = 0.25  # metrics, health beat and the offset-flush check, at most this often
 PROGRESS_LOG_S = 5.0
+STOPPED_POLL_S = 5.0  # while capture is stopped: how often the offsets document is checked
+PRESENCE_CHECK_S = 5.0  # while idle: how often the collection is checked to still exist
+MIRRORED_DROPS = frozenset({"drop", "dropDatabase"})
 _STAGE = {"stage": "producer"}
 
 
@@ -63,6 +85,8 @@ class ProducerStats:
 
     captured: dict[str, int] = field(default_factory=dict)  # per op, snapshot reads included
     skipped: int = 0  # events not published (DDL and other non-document changes)
+    failed: int = 0  # events recorded in the failed queue instead of published
+    stopped: str | None = None  # why capture stopped (drop, rename ...), if it did
     published: int = 0  # messages handed to the broker
     confirmed: int = 0  # messages the broker confirmed
     snapshots: int = 0
@@ -78,6 +102,19 @@ class ProducerStats:
 
 class _StreamEnded(Exception):
     """A drop, rename, dropDatabase or invalidate event: the stream is over."""
+
+    def __init__(self, operation: str, event: dict[str, Any] | None) -> None:
+        super().__init__(operation)
+        self.operation = operation
+        self.event = event
+
+
+def _server_version(client: Any) -> str | None:
+    try:
+        version = client.server_info().get("version")
+    except Exception:  # nx-27017 answers without one; a test double may not answer
+        return None
+    return str(version) if version else None
 
 
 def run_producer(
@@ -134,7 +171,11 @@ class Producer:
         self.stop = stop
         self.collection = client[settings.mongo_db][settings.mongo_collection]
         self.offsets = OffsetStore(client, settings)
-        self.reader = ChangeReader(self.collection, batch_size=settings.stream_batch)
+        self.reader = ChangeReader(
+            self.collection,
+            batch_size=settings.stream_batch,
+            split_events=supports_split_events(_server_version(client)),
+        )
         self.stats = ProducerStats()
         self._chunk = max(1, min(500, settings.publish_window // 4))
         self._captured = dict.fromkeys(("insert", "update", "replace", "delete", "snapshot"), 0)
@@ -149,9 +190,13 @@ class Producer:
         self._save_failing = False
         self._mongo_reconnects = 0
         self._mongo_down = False
+        self._collection_seen = False  # the collection existed while we captured it
+        self._next_presence_check = 0.0
 
     # --- the loop --------------------------------------------------------------------
     def run(self) -> None:
+        if not self._wait_while_stopped():
+            return
         token = self.offsets.load()
         self._saved = token
         reason: str | None = "initial" if token is None else None
@@ -166,22 +211,113 @@ class Producer:
                     self.reader.open(resume_after=token)
                     log.info("change stream resumed after %s", token_data(token), extra=_STAGE)
                 self._stream()
+            except PoisonStream as poison:
+                self._record_failure(None, str(poison), reason=poison.reason)
+                log.warning("re-snapshotting: %s", poison, extra=_STAGE)
+                reason = "poison_event"
             except HistoryLost as lost:
                 log.warning("history lost, re-snapshotting: %s", lost, extra=_STAGE)
                 metrics.HISTORY_LOST.inc()
                 self.stats.history_lost += 1
                 reason = "history_lost"
             except _StreamEnded as ended:
-                log.warning(
-                    "the change stream ended (%s event): re-snapshotting", ended, extra=_STAGE
-                )
-                reason = "stream_invalidated"
+                self._stop_capture(ended)
+                if not self._wait_while_stopped():
+                    return
+                token, reason = None, "initial"
             except ConnectionFailure as error:
                 if reason is None:  # resume from the last event *read*: it is in the outbox
                     token = self.reader.resume_token or token
                 self.reader.close()
                 if not self._wait_for_mongo(error):
                     return
+
+    # --- capture stopped (drop, rename, dropDatabase, invalidate) -------------------
+    def _stop_capture(self, ended: _StreamEnded) -> None:
+        """Stop capturing: checkpoint past the event, remember why, say what to do."""
+        settings, operation, event = self.settings, ended.operation, ended.event
+        token = event.get("_id") if isinstance(event, dict) else None
+        entries = []
+        mirrored = settings.mirror_drop_as_deletes and operation in MIRRORED_DROPS
+        if isinstance(token, dict) and "_data" in token:
+            if mirrored:
+                envelope = drop_envelope(
+                    token, db=settings.mongo_db, coll=settings.mongo_collection
+                )
+                entries.append(message_entry(encode_envelope(envelope), token))
+            else:
+                entries.append(checkpoint_entry(token))
+        if entries and self.publisher.submit(entries, self.stop):
+            self._last_token = token
+        self.publisher.drain(DRAIN_TIMEOUT_S, self.stop)
+        self._save()
+        namespace = settings.source_namespace
+        kept = (
+            "every warehouse row of it is being marked deleted (mirror_drop_as_deletes)"
+            if mirrored
+            else "the warehouse keeps every row as it was"
+        )
+        detail = (
+            f"capture of {namespace} stopped: {operation} "
+            f"{'at ' + token_data(token) if isinstance(token, dict) else ''}".strip()
+        )
+        self.offsets.stop(operation, token if isinstance(token, dict) else None, detail)
+        self.reader.close()
+        self.stats.stopped = operation
+        metrics.CAPTURE_STOPPED.labels(reason=operation).set(1)
+        log.error(
+            "%s; %s. To capture the collection again (recreated, or under its new name "
+            "with CDCFLOW_MONGO_COLLECTION), delete the offsets document: "
+            'db.%s.deleteOne({_id: "%s"}); this producer then snapshots it afresh',
+            detail,
+            kept,
+            settings.offsets_collection,
+            namespace,
+            extra={**_STAGE, "reason": operation},
+        )
+
+    def _wait_while_stopped(self) -> bool:
+        """Idle while the offsets document says capture is stopped. False once stopping."""
+        marker = self.offsets.stopped()
+        if marker is None:
+            return True
+        reason = str(marker.get("reason", "stopped"))
+        self.stats.stopped = reason
+        metrics.CAPTURE_STOPPED.labels(reason=reason).set(1)
+        log.warning(
+            "capture is stopped (%s); delete the offsets document "
+            'db.%s.deleteOne({_id: "%s"}) to snapshot the collection again',
+            marker.get("detail") or reason,
+            self.settings.offsets_collection,
+            self.settings.source_namespace,
+            extra={**_STAGE, "reason": reason},
+        )
+        while not self.stop.wait(STOPPED_POLL_S):
+            self._tick(time.monotonic())
+            if self.offsets.stopped() is None:
+                metrics.CAPTURE_STOPPED.labels(reason=reason).set(0)
+                self.stats.stopped = None
+                log.info("the stop marker is gone: capture starts again", extra=_STAGE)
+                return True
+        return False
+
+    def _check_presence(self, now: float) -> None:
+        """nx-27017 sends no drop event: notice the collection is gone while idle."""
+        if now < self._next_presence_check:
+            return
+        self._next_presence_check = now + PRESENCE_CHECK_S
+        database = self.client[self.settings.mongo_db]
+        try:
+            names = database.list_collection_names(
+                filter={"name": self.settings.mongo_collection}
+            )
+        except (PyMongoError, AttributeError, TypeError):
+            return  # a failure here is no evidence of a drop
+        if self.settings.mongo_collection in names:
+            self._collection_seen = True
+        elif self._collection_seen:
+            token = self.reader.resume_token
+            raise _StreamEnded("drop", {"_id": token, "operationType": "drop"} if token else None)
 
     def _stream(self) -> None:
         """Read and publish until ``stop``; raises on lost history, end or lost server."""
@@ -194,31 +330,43 @@ class Producer:
                 if event is None:
                     if buffer:
                         submit(buffer, stop)
-                        self._last_token, buffer = buffer[-1].checkpoint, []
+                        self._last_token = buffer[-1].checkpoint or self._last_token
+                        buffer = []
                     if not self._idle():
                         return
+                    self._check_presence(time.monotonic())
                     continue
                 op = event.get("operationType")
+                token = event.get("_id")
+                checkpoint = token if isinstance(token, dict) and "_data" in token else None
                 if op in DML_OPERATIONS:
+                    if op == "update" and "fullDocument" not in event:
+                        self._look_up(event)
                     try:
                         encoded = encode_change(event)
                     except InvalidEvent as error:
-                        self._skip("invalid_event", error)
-                        buffer.append(checkpoint_entry(event["_id"]))
+                        buffer.append(self._failed(event, error, checkpoint))
                     else:
-                        buffer.append(message_entry(encoded, event["_id"]))
+                        buffer.append(message_entry(encoded, checkpoint))
                         captured[op] += 1
                         self._last_cluster_time = encoded.cluster_time
                 elif op in STREAM_ENDING_OPERATIONS:
-                    raise _StreamEnded(op)
+                    if buffer:
+                        submit(buffer, stop)
+                        self._last_token, buffer = buffer[-1].checkpoint, []
+                    raise _StreamEnded(str(op), event)
                 else:
-                    self._skip("unsupported_operation", op)
-                    buffer.append(checkpoint_entry(event["_id"]))
+                    self._skip("unsupported_operation", op, checkpoint)
+                    if checkpoint is not None:
+                        buffer.append(checkpoint_entry(checkpoint))
+                if not buffer:
+                    continue
                 if len(buffer) >= chunk or reader.batch_done():
                     if not submit(buffer, stop):
                         buffer = []
                         return
-                    self._last_token, buffer = buffer[-1].checkpoint, []
+                    self._last_token = buffer[-1].checkpoint or self._last_token
+                    buffer = []
                     if stop.is_set():
                         return
                     now = time.monotonic()
@@ -245,10 +393,48 @@ class Producer:
             self._tick(now)
         return not self.stop.wait(IDLE_SLEEP_S)
 
-    def _skip(self, reason: str, what: object) -> None:
+    def _skip(self, reason: str, what: object, token: Token | None) -> None:
         self.stats.skipped += 1
         metrics.EVENTS_SKIPPED.labels(reason=reason).inc()
-        log.debug("event skipped: %s", what, extra={**_STAGE, "reason": reason})
+        log.warning(
+            "event skipped (%s): operationType %r at %s carries no document change",
+            reason,
+            what,
+            token_data(token) if token else "?",
+            extra={**_STAGE, "reason": reason},
+        )
+
+    def _failed(self, event: Any, error: InvalidEvent, checkpoint: Token | None) -> Entry:
+        """The failed-queue entry for an event that cannot be published (counted, logged)."""
+        self.stats.failed += 1
+        metrics.EVENTS_FAILED.labels(reason=error.reason).inc()
+        key = event.get("documentKey") if isinstance(event, dict) else None
+        log.warning(
+            "event recorded in %s and skipped (%s): %s; documentKey %r, token %s",
+            self.settings.failed_queue_name,
+            error.reason,
+            error,
+            key,
+            token_data(checkpoint) if checkpoint else "none",
+            extra={**_STAGE, "reason": error.reason},
+        )
+        return failed_entry(
+            event, error, failed_queue=self.settings.failed_queue_name, checkpoint=checkpoint
+        )
+
+    def _record_failure(self, event: Any, detail: str, *, reason: str) -> None:
+        entry = self._failed(event, InvalidEvent(detail, reason=reason), None)
+        self.publisher.submit([entry], self.stop)
+
+    def _look_up(self, event: dict[str, Any]) -> None:
+        """An update that came without the lookup's result: look the document up here."""
+        key = event.get("documentKey")
+        if not isinstance(key, dict) or "_id" not in key:
+            return
+        try:
+            event["fullDocument"] = self.collection.find_one({"_id": key["_id"]})
+        except (PyMongoError, AttributeError, TypeError) as error:
+            log.warning("looking up an updated document failed: %s", error, extra=_STAGE)
 
     # --- snapshot --------------------------------------------------------------------
     def _snapshot(self, reason: str) -> bool:
@@ -276,15 +462,16 @@ class Producer:
         next_log = time.monotonic() + PROGRESS_LOG_S
         try:
             for batch in snapshot_batches(self.collection, settings.snapshot_batch):
-                entries = [
-                    message_entry(
-                        encode_envelope(
-                            snapshot_envelope(document, start_token=start, db=db, coll=coll)
-                        ),
-                        None,
-                    )
-                    for document in batch
-                ]
+                entries = []
+                for document in batch:
+                    try:
+                        envelope = snapshot_envelope(document, start_token=start, db=db, coll=coll)
+                    except InvalidEvent as error:
+                        key = {"_id": document.get("_id")} if isinstance(document, dict) else None
+                        read = {"operationType": "snapshot", "documentKey": key}
+                        entries.append(self._failed(read, error, None))
+                        continue
+                    entries.append(message_entry(encode_envelope(envelope), None))
                 for at in range(0, len(entries), self._chunk):
                     if not publisher.submit(entries[at : at + self._chunk], stop):
                         return False

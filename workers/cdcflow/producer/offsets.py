@@ -36,6 +36,33 @@ class OffsetStore:
             settings.offsets_collection
         ]
 
+    def stopped(self) -> dict[str, Any] | None:
+        """The stop marker (drop, rename ...) if capture of this namespace is stopped."""
+        document = self._collection.find_one({"_id": self.namespace})
+        marker = (document or {}).get("stopped")
+        return dict(marker) if isinstance(marker, dict) else None
+
+    def stop(self, reason: str, token: Token | None, detail: str) -> None:
+        """Remember that capture stopped, so a restarted producer does not resume.
+
+        Deleting the namespace's document (what the log says to do) clears it: the
+        next start snapshots the collection afresh.
+        """
+        self._collection.update_one(
+            {"_id": self.namespace},
+            {
+                "$set": {
+                    "stopped": {
+                        "reason": reason,
+                        "token": token,
+                        "detail": detail,
+                        "at": dt.datetime.now(dt.UTC),
+                    }
+                }
+            },
+            upsert=True,
+        )
+
     def load(self) -> Token | None:
         """The saved token, or None: never saved, or cleared while a snapshot runs."""
         document = self._collection.find_one({"_id": self.namespace})

@@ -25,7 +25,16 @@ PENDING, SENT, RETURNED, CONFIRMED = 0, 1, 2, 3
 class Entry:
     """One message (or, with ``body`` None, a bare checkpoint) in the outbox."""
 
-    __slots__ = ("body", "checkpoint", "header", "message_id", "sent_at", "state", "tag")
+    __slots__ = (
+        "body",
+        "checkpoint",
+        "header",
+        "message_id",
+        "routing_key",
+        "sent_at",
+        "state",
+        "tag",
+    )
 
     def __init__(
         self,
@@ -38,6 +47,9 @@ class Entry:
         self.header = header  # AMQP content-header payload (see cdcflow.producer.amqp)
         self.message_id = message_id
         self.checkpoint = checkpoint  # token saveable once this and all before are confirmed
+        # None: the pipeline's exchange and routing key; else a queue on the default
+        # exchange (failed-event records go straight to <collection>.failed).
+        self.routing_key: str | None = None
         self.state = PENDING
         self.tag = 0
         self.sent_at = 0.0

@@ -336,7 +336,10 @@ class Publisher:
         frames: list[bytes] = []
         for entry in entries:
             assert entry.header is not None and entry.body is not None
-            append_publish(frames, channel, method, entry.header, entry.body, max_body)
+            frame_method = method
+            if entry.routing_key is not None:  # rare: a failed-event record
+                frame_method = publish_method(channel, "", entry.routing_key)
+            append_publish(frames, channel, frame_method, entry.header, entry.body, max_body)
             sent(entry, now)
         connection.write_frames(frames)
 
