@@ -53,7 +53,9 @@ def test_prometheus_rule_resource_carries_the_same_groups() -> None:
 def test_the_required_alerts_exist() -> None:
     assert alerts.alert_names() == [
         "CdcflowCaptureLagHigh",
+        "CdcflowCaptureStopped",
         "CdcflowConsumerDown",
+        "CdcflowEventsSkippedOrFailed",
         "CdcflowFailedQueueNotEmpty",
         "CdcflowLoadStalled",
         "CdcflowProducerDown",

@@ -61,6 +61,9 @@ class Thresholds:
     resume_token_warning_ratio: float = 0.5
     resume_token_critical_ratio: float = 0.75
     resume_token_for: str = "10m"
+    # Any event the producer skipped or recorded as failed within the window alerts at once.
+    skipped_window: str = "10m"
+    capture_stopped_for: str = "1m"
     # No row loaded over the window while events were captured, for this long.
     stalled_window: str = "5m"
     stalled_for: str = "5m"
@@ -218,6 +221,36 @@ def rule_groups(t: Thresholds = DEFAULT_THRESHOLDS) -> list[dict[str, Any]]:
             "producer",
             "cdcflow resume token is about to fall off the oplog",
             token_text,
+            t,
+        ),
+    ]
+    skipped = metric(metrics.EVENTS_SKIPPED)
+    failed = metric(metrics.EVENTS_FAILED)
+    capture += [
+        _rule(
+            "CdcflowEventsSkippedOrFailed",
+            f"sum by ({by}) (increase({failed}[{t.skipped_window}]))"
+            f"\n+ sum by ({by}) (increase({skipped}[{t.skipped_window}])) > 0",
+            "0m",
+            "warning",
+            "producer",
+            "cdcflow producer skipped or failed change events",
+            "{{ $value | humanize }} change events in the last "
+            f"{t.skipped_window} were not published as changes: skipped (no document "
+            "change) or recorded in the failed queue (they could not be read). Their "
+            "documents may be missing or stale in the warehouse.",
+            t,
+        ),
+        _rule(
+            "CdcflowCaptureStopped",
+            f"max by ({by}, reason) ({metric(metrics.CAPTURE_STOPPED)}) > 0",
+            t.capture_stopped_for,
+            "critical",
+            "producer",
+            "cdcflow stopped capturing the collection",
+            "The source collection saw a {{ $labels.reason }}: capture is stopped and the "
+            "warehouse keeps its rows as they were. Nothing new is captured until the "
+            "offsets document is deleted (see the runbook).",
             t,
         ),
     ]

@@ -291,6 +291,8 @@ PRODUCER = Board(
             CAPTURE_LAG,
             series("Time since last capture", (since(m.LAST_CAPTURE_TIMESTAMP), "idle"), unit="s"),
             ops("Skipped events by reason", (rate(m.EVENTS_SKIPPED, "reason"), "{{reason}}")),
+            ops("Failed events by reason", (rate(m.EVENTS_FAILED, "reason"), "{{reason}}")),
+            series("Capture stopped", (gauge(m.CAPTURE_STOPPED), "{{reason}}")),
         ),
         row(
             "Publish",

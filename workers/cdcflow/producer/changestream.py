@@ -266,10 +266,11 @@ class ChangeReader:
                 return None
             if self._resumed_from is not None:
                 resumed_from, self._resumed_from = self._resumed_from, None
-                if history_gap(resumed_from, event["_id"]):
+                first = event.get("_id")
+                if is_nx_token(first) and history_gap(resumed_from, first):
                     raise HistoryLost(
                         f"nx-27017 resumed after {token_data(resumed_from)} at "
-                        f"{token_data(event['_id'])}: the events between were pruned"
+                        f"{token_data(first)}: the events between were pruned"
                     )
             if "splitEvent" in event or self._assembler.pending:
                 try:
