@@ -49,6 +49,9 @@ class StatusReport:
     warehouse_rows: int | None = None
     warehouse_detail: str = ""
     dead_letters_by_reason: dict[str, float] = field(default_factory=dict)
+    capture_stopped: str | None = None  # drop, rename, dropDatabase, invalidate
+    events_failed_by_reason: dict[str, float] = field(default_factory=dict)
+    events_skipped: float | None = None
     problems: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -130,6 +133,7 @@ def collect(settings: Settings, *, interval: float = 1.0, warehouse: bool = True
     if producer.ok:
         report.capture_lag_s = producer.value("cdcflow_capture_lag_seconds")
         report.resume_token_age_s = producer.value("cdcflow_resume_token_age_seconds")
+        _capture(settings, producer, report)
     else:
         report.problems.append(
             f"producer metrics unreachable at {settings.producer_metrics_url} ({producer.error})"
@@ -148,6 +152,29 @@ def collect(settings: Settings, *, interval: float = 1.0, warehouse: bool = True
     if warehouse:
         _warehouse(settings, report)
     return report
+
+
+def _capture(settings: Settings, producer: Scrape, report: StatusReport) -> None:
+    """Stopped capture, skipped and failed events: what the producer did not publish."""
+    stopped = [
+        reason
+        for reason, value in producer.by_label("cdcflow_capture_stopped", "reason").items()
+        if value > 0
+    ]
+    if stopped:
+        report.capture_stopped = ", ".join(sorted(stopped))
+        report.problems.append(
+            f"capture of {settings.source_namespace} is STOPPED ({report.capture_stopped}): the "
+            "warehouse keeps its rows as they were. To capture again, delete the offsets "
+            f'document: db.{settings.offsets_collection}.deleteOne({{_id: "'
+            f'{settings.source_namespace}"}})'
+        )
+    report.events_failed_by_reason = {
+        reason: value
+        for reason, value in producer.by_label("cdcflow_events_failed_total", "reason").items()
+        if value > 0
+    }
+    report.events_skipped = producer.value("cdcflow_events_skipped_total")
 
 
 def _seconds(value: float | None) -> str:
@@ -180,7 +207,16 @@ def render(report: StatusReport, settings: Settings) -> Group:
         "failed queue", Text(failed, style="yellow" if report.failed_queue_depth else "")
     )
     health.add_row("queue consumers", _count(report.queue_consumers))
+    health.add_row(
+        "capture",
+        Text(f"STOPPED ({report.capture_stopped})", style="red")
+        if report.capture_stopped
+        else Text("running"),
+    )
     health.add_row("capture lag", _seconds(report.capture_lag_s))
+    health.add_row("events skipped", _count(report.events_skipped))
+    for reason, count in sorted(report.events_failed_by_reason.items(), key=lambda kv: -kv[1]):
+        health.add_row(f"  failed events: {reason}", _count(count))
     health.add_row("resume token age", _seconds(report.resume_token_age_s))
     health.add_row(
         "freshness p50 / p99",

@@ -183,7 +183,10 @@ def replay(
 ) -> ReplayResult:
     """Republish failed messages to the main exchange, keeping ``message_id``.
 
-    Only messages whose reason is in ``reasons`` (all if empty). Each is published
+    Only messages whose reason is in ``reasons`` (all if empty). Failed-event
+    records of the producer (stage ``producer``) stay in place: they are not change
+    messages, and the change they stand for must be read from MongoDB again (see
+    docs/cleaning.md). Each other message is published
     with confirms before it is removed from the failed queue, so a crash replays
     it twice at worst, never zero times. The failure headers stay (attempts
     count up if it fails again); the reason header is dropped.
@@ -194,7 +197,7 @@ def replay(
         broker.declare_topology(ch, settings)
         ch.confirm_delivery()
         for message in _browse(ch, settings, limit):
-            if reasons and message.reason not in reasons:
+            if (reasons and message.reason not in reasons) or message.stage == "producer":
                 kept += 1
                 continue
             by_reason[message.reason] += 1
