@@ -16,6 +16,7 @@ The broker is left running and healthy.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import random
 import subprocess
@@ -121,6 +122,57 @@ def inject(fault: Fault, pipeline: Pipeline) -> None:
         rabbitmqctl("await_startup")
 
 
+ACKED = "cdcflow_messages_acked_total"
+OUTCOMES = (
+    "cdcflow_rows_loaded_total",
+    "cdcflow_messages_dead_lettered_total",
+    "cdcflow_messages_ignored_total",
+)
+
+
+class AckAudit:
+    """Checks, on every scrape of every consumer process, that no message was acknowledged
+    without a row, a failed-queue record or a counted ignored reason.
+
+    Counters restart with each process, so the check is per scrape of one process:
+    ``acked <= rows + dead-lettered + ignored`` (an outcome is counted before its ack, and
+    ``acked`` is exposed before the outcome counters, so a scrape can only lag the other way).
+    """
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker, self.stop = worker, threading.Event()
+        self.scrapes = 0
+        self.acked = 0.0
+        self.violations: list[str] = []
+        self.thread = threading.Thread(target=self._run, name="ack-audit", daemon=True)
+
+    def check(self) -> None:
+        if not self.worker.alive():
+            return
+        scrape = self.worker.metrics()
+        if not scrape.ok:
+            return
+        acked = scrape.value(ACKED)
+        outcomes = sum(scrape.value(name) for name in OUTCOMES)
+        self.scrapes += 1
+        self.acked = max(self.acked, acked)
+        if acked > outcomes:
+            self.violations.append(f"acked {acked:.0f} > rows+failed+ignored {outcomes:.0f}")
+
+    def _run(self) -> None:
+        while not self.stop.wait(0.5):
+            with contextlib.suppress(Exception):  # a worker killed mid-scrape: next time
+                self.check()
+
+    def __enter__(self) -> AckAudit:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(10)
+
+
 def test_chaos(
     tmp_path: Path, make_settings: Callable[..., Settings], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -143,8 +195,9 @@ def test_chaos(
         name="simulator",
         daemon=True,
     )
+    audit = AckAudit(pipeline.consumer)
     try:
-        with Supervisor([pipeline.producer, pipeline.consumer]) as supervisor:
+        with audit, Supervisor([pipeline.producer, pipeline.consumer]) as supervisor:
             writer.start()
             for fault in faults:
                 delay = fault.at_s - (time.monotonic() - started)
@@ -160,6 +213,8 @@ def test_chaos(
         for worker in (pipeline.producer, pipeline.consumer):
             if not worker.alive():
                 worker.start()
+        pipeline.wait_producer_caught_up(600)
+        audit.check()  # the last consumer, caught up, before it stops
         pipeline.drain_and_stop(timeout=600)
     finally:
         ensure_broker_running()
@@ -186,6 +241,8 @@ def test_chaos(
     assert report.lost == 0, report.summary() + str(report.examples)
     assert report.duplicates == 0, report.summary()
     assert report.equal, report.summary() + str(report.examples)
+    assert audit.scrapes > 0 and audit.acked > 0, "the consumer's acks were never audited"
+    assert not audit.violations, audit.violations[:5]
     assert port_open("127.0.0.1", 5672), "the broker must be left running"
 
 
