@@ -261,9 +261,7 @@ def build() -> list[Case]:
         ),
         Case(
             "update whose document was deleted",
-            _envelope(
-                47, "c47", op="update", doc=None, update={"updated": ["x"], "removed": []}
-            ),
+            _envelope(47, "c47", op="update", doc=None, update={"updated": ["x"], "removed": []}),
             "ignored",
             "update_document_gone",
         ),

@@ -74,7 +74,9 @@ class ScriptedSource:
         return FakeStream(remaining, resume_after or self.start, stop=self.stop)
 
 
-def produce_scripted(settings: Settings, events: list[dict[str, Any]], start: dict[str, Any]) -> Producer:
+def produce_scripted(
+    settings: Settings, events: list[dict[str, Any]], start: dict[str, Any]
+) -> Producer:
     """The real producer (nx-27017 snapshot and offsets, RabbitMQ publisher) over a script."""
     client = open_mongo_client(settings)
     broker.ensure_topology(settings)
@@ -152,7 +154,9 @@ def test_a_poison_event_no_longer_halts_capture(settings: Settings) -> None:
     inspection = deadletter.inspect(settings)
     assert inspection.reasons == {"document_not_object": 1}
     (sample,) = inspection.samples["document_not_object"]
-    assert sample["stage"] == "producer" and sample["message_id"] == "failed:" + poison["_id"]["_data"]
+    assert (
+        sample["stage"] == "producer" and sample["message_id"] == "failed:" + poison["_id"]["_data"]
+    )
     assert sample["body"].startswith('{"v":1,"kind":"failed_event","reason":"document_not_object"')
 
     # A restart resumes after the poison: the saved token is past it.
@@ -212,7 +216,9 @@ def test_dropping_the_source_collection_stops_capture_and_keeps_the_warehouse(
             marker = (offsets.find_one({"_id": settings.source_namespace}) or {})["stopped"]
             assert marker["reason"] == "drop"
             report = status.collect(
-                settings.model_copy(update={"producer_metrics_url": worker.metrics_url + "/metrics"}),
+                settings.model_copy(
+                    update={"producer_metrics_url": worker.metrics_url + "/metrics"}
+                ),
                 interval=0.2,
                 warehouse=False,
             )

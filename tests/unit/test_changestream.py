@@ -448,6 +448,7 @@ def test_stream_end_stops_capture_and_unsupported_events_are_skipped(ending, cap
         Health("producer"),
         stop,
     )
+
     def skipped() -> float:
         labels = {"reason": "unsupported_operation"}
         return metrics.REGISTRY.get_sample_value("cdcflow_events_skipped_total", labels) or 0.0

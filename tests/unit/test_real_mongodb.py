@@ -11,6 +11,7 @@ import datetime as dt
 import threading
 import uuid
 from collections import deque
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -142,7 +143,9 @@ def test_v1_tokens_are_decoded_by_their_own_layout():
     assert event_version(V1_FIRST["_id"]) < event_version(V1_SECOND["_id"])
     rows = run(
         *(
-            encode_change({**e, "fullDocument": {"_id": ObjectId(OID_B), **VIEW, "watched_time": w}}).body
+            encode_change(
+                {**e, "fullDocument": {"_id": ObjectId(OID_B), **VIEW, "watched_time": w}}
+            ).body
             for e, w in ((V1_SECOND, 51), (V1_FIRST, 50))
         )
     ).rows.to_pylist()
@@ -207,7 +210,10 @@ def good_insert(n: int) -> dict[str, Any]:
         ({**good_insert(2), "fullDocument": None, OVERSIZE_MARK: True}, "event_too_large"),
         ({**good_insert(2), "documentKey": {"_id": ObjectId(OID_B)}}, "document_key_mismatch"),
         ({**good_insert(2), "documentKey": {"_id": [1, 2]}}, "forbidden_document_id"),
-        ({**good_insert(2), "operationType": "replace", "fullDocument": None}, "replace_without_document"),
+        (
+            {**good_insert(2), "operationType": "replace", "fullDocument": None},
+            "replace_without_document",
+        ),
     ],
 )
 def test_a_poison_event_is_recorded_and_capture_continues(poison, reason):
@@ -215,7 +221,9 @@ def test_a_poison_event_is_recorded_and_capture_continues(poison, reason):
     collection = FakeCollection()
     stream = [good_insert(1), poison, good_insert(3)]
     collection.on_watch = lambda options: FakeStream(
-        stream, options["resume_after"], stop=collection.stop  # type: ignore[attr-defined]
+        stream,
+        options["resume_after"],
+        stop=collection.stop,  # type: ignore[attr-defined]
     )
     start = good_insert(0)["_id"]
     before = metrics.REGISTRY.get_sample_value("cdcflow_events_failed_total", {"reason": reason})
@@ -228,7 +236,9 @@ def test_a_poison_event_is_recorded_and_capture_continues(poison, reason):
         assert record["token"] == poison["_id"]
     failed = next(e for e in publisher.entries if e.routing_key == "views.failed")
     assert FAILED_EVENT_CONTENT_TYPE.encode() in (failed.header or b"")
-    assert b"x-cdcflow-reason" in (failed.header or b"") and reason.encode() in failed.header
+    assert b"x-cdcflow-reason" in (failed.header or b"") and reason.encode() in (
+        failed.header or b""
+    )
     assert producer.stats.failed == 1
     after = metrics.REGISTRY.get_sample_value("cdcflow_events_failed_total", {"reason": reason})
     assert after == (before or 0) + 1
@@ -245,16 +255,18 @@ class TooLargeStream(FakeStream):
 def test_too_large_event_reopens_with_the_guard_and_is_recorded():
     collection = FakeCollection()
     oversize = {**good_insert(2), "fullDocument": None, OVERSIZE_MARK: True}
-    streams = deque(
+    streams: deque[Callable[[dict[str, Any]], FakeStream]] = deque(
         [
             lambda o: TooLargeStream([], o["resume_after"]),
             lambda o: FakeStream(
-                [oversize, good_insert(3)], o["resume_after"], stop=collection.stop  # type: ignore[attr-defined]
+                [oversize, good_insert(3)],
+                o["resume_after"],
+                stop=collection.stop,  # type: ignore[attr-defined]
             ),
         ]
     )
     collection.on_watch = lambda options: streams.popleft()(options)
-    producer, publisher, _ = producer_run(collection, saved=good_insert(1)["_id"])
+    _, publisher, _ = producer_run(collection, saved=good_insert(1)["_id"])
     assert [w["pipeline"] for w in collection.watches] == [None, OVERSIZE_GUARD]
     assert [w["resume_after"] for w in collection.watches] == [good_insert(1)["_id"]] * 2
     assert [r["reason"] for r in failed_records(publisher)] == ["event_too_large"]
@@ -276,19 +288,21 @@ def test_split_large_events_is_asked_for_where_the_server_has_it(version, splits
 
 class RefusingStream(FakeStream):
     def try_next(self) -> dict[str, Any] | None:
-        raise InvalidOperation("Cannot provide resume functionality when the resume token is missing.")
+        raise InvalidOperation(
+            "Cannot provide resume functionality when the resume token is missing."
+        )
 
 
 def test_pymongo_refusing_a_tokenless_event_is_recorded_and_resnapshots():
     collection = FakeCollection([{"_id": "a", **VIEW}])
-    streams = deque(
+    streams: deque[Callable[[dict[str, Any]], FakeStream]] = deque(
         [
             lambda o: RefusingStream([], o["resume_after"]),
             lambda o: FakeStream([], good_insert(5)["_id"], stop=collection.stop),  # type: ignore[attr-defined]
         ]
     )
     collection.on_watch = lambda options: streams.popleft()(options)
-    producer, publisher, _ = producer_run(collection, saved=good_insert(1)["_id"])
+    _, publisher, _ = producer_run(collection, saved=good_insert(1)["_id"])
     assert [r["reason"] for r in failed_records(publisher)] == ["missing_resume_token"]
     assert publisher.ops() == ["snapshot", "snapshot_end"]
 
@@ -325,18 +339,22 @@ def test_extended_json_lookalikes_load_with_a_rule_not_a_failed_batch(value, rul
 
 
 def test_any_exception_of_one_document_is_contained_to_it(monkeypatch):
-    real = batches.clean_documents
+    real = clean_documents
 
     def explode_on_marker(documents: list[Any]) -> Any:
         if any(isinstance(d, dict) and d.get("explode") for d in documents):
             raise ZeroDivisionError("a bug nobody foresaw")
         return real(documents)
 
-    monkeypatch.setattr(batches, "clean_documents", explode_on_marker)
+    monkeypatch.setattr("cdcflow.consumer.batches.clean_documents", explode_on_marker)
     batch = run(nx_insert(1, "a"), nx_insert(2, "poison", explode=True), nx_insert(3, "b"))
     assert batch.rows.column("doc_id").to_pylist() == ["a", "b"]
     (rejection,) = batch.rejections
-    assert (rejection.index, rejection.reason, rejection.stage) == (1, "transform_error", "transform")
+    assert (rejection.index, rejection.reason, rejection.stage) == (
+        1,
+        "transform_error",
+        "transform",
+    )
     assert "ZeroDivisionError" in rejection.detail and rejection.doc_id == "poison"
     assert batch.accounted == batch.messages == 3
 
@@ -359,7 +377,9 @@ def test_every_message_has_exactly_one_outcome():
         envelope_of(nx_insert(2, "r"), op="replace", doc=None),
         envelope_of(nx_insert(3, "u"), op="update", doc=None),
         gone,
-        encode_envelope(snapshot_end_envelope(start_token=HWM, db="m", coll=COLL, documents=0)).body,
+        encode_envelope(
+            snapshot_end_envelope(start_token=HWM, db="m", coll=COLL, documents=0)
+        ).body,
     ]
     batch = run(*bodies)
     assert [(r.index, r.reason) for r in batch.rejections] == [
@@ -376,7 +396,11 @@ def test_the_producer_refuses_replace_and_bare_update_without_documents():
     with pytest.raises(InvalidEvent) as replace:
         encode_change({k: v for k, v in base.items() if k != "fullDocument"})
     assert replace.value.reason == "replace_without_document"
-    bare = {k: v for k, v in EVENTS["update with updateLookup"].items() if k not in ("fullDocument", "updateDescription")}
+    bare = {
+        k: v
+        for k, v in EVENTS["update with updateLookup"].items()
+        if k not in ("fullDocument", "updateDescription")
+    }
     with pytest.raises(InvalidEvent) as update:
         encode_change(bare)
     assert update.value.reason == "update_without_document"
@@ -411,11 +435,13 @@ def test_doc_ids_are_equal_exactly_when_mongodb_calls_ids_equal(same, value):
 
 def test_the_documented_mapping_table_is_what_the_code_does():
     examples = {
-        "ObjectId": ObjectId(OID_A), "string": "vid-1", "string that looks like another form": OID_A,
+        "ObjectId": ObjectId(OID_A), "string": "vid-1",
+        "string that looks like another form": OID_A,
         "string starting with ~": "~x", "non-integral number (exact value)": 2.5,
         "NaN, ±Infinity": float("nan"), "other binary": Binary(b"\x01\x02", 0), "null": None,
         "boolean": True, "date": dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
-        "timestamp": Timestamp(1732551152, 1), "embedded document (fields in order)": {"b": 2, "a": 1},
+        "timestamp": Timestamp(1732551152, 1),
+        "embedded document (fields in order)": {"b": 2, "a": 1},
         "int32, int64, double, decimal (by value)": Int64(42),
         "UUID (Binary subtype 4)": uuid.UUID("0b7c1d2e-3f40-4a5b-8c6d-7e8f90a1b2c3"),
     }  # fmt: skip
@@ -462,7 +488,8 @@ def test_a_key_that_is_not_the_document_id_is_rejected_on_both_shapes():
         ("1", 1, "~n:1"),
         ("42.5", 42.5, "~n:42.5"),
         ("{'b': 2, 'a': 1}", {"b": 2, "a": 1}, '~doc:{"b":"~n:2","a":"~n:1"}'),
-        ("b'\\x01\\x02'", {"__neosqlite_binary__": True, "data": "AQI=", "subtype": 0}, "~bin0:AQI="),
+        ("b'\\x01\\x02'", {"__neosqlite_binary__": True, "data": "AQI=", "subtype": 0},
+         "~bin0:AQI="),
         ("vid-1", "vid-1", "vid-1"),
     ],
 )  # fmt: skip
@@ -496,7 +523,10 @@ def test_envelope_version_is_required_and_operation_must_agree():
             None,
             {"x-cdcflow-op": "delete", "x-cdcflow-version": version},
             {"x-cdcflow-op": b"insert", "x-cdcflow-version": "12345"},
-            {"x-cdcflow-op": "insert", "x-cdcflow-version": str(orjson.loads(nx_insert(4, "d"))["version"])},
+            {
+                "x-cdcflow-op": "insert",
+                "x-cdcflow-version": str(orjson.loads(nx_insert(4, "d"))["version"]),
+            },
         ],
     )
     assert [(r.index, r.reason) for r in batch.rejections] == [
@@ -563,7 +593,9 @@ class ResumingStream(FakeStream):
 def test_a_resume_inside_try_next_is_logged_and_counted(caplog):
     """main: nothing logged, cdcflow_reconnects_total{service="mongodb"} stayed 0."""
     collection = FakeCollection()
-    collection.on_watch = lambda options: ResumingStream([good_insert(1), good_insert(2)], {"_data": "nx:0"})
+    collection.on_watch = lambda options: ResumingStream(
+        [good_insert(1), good_insert(2)], {"_data": "nx:0"}
+    )
     reader = ChangeReader(collection, batch_size=5)  # type: ignore[arg-type]
     reader.open()
     labels = {"service": "mongodb"}

@@ -241,7 +241,7 @@ def _is_number(value: Any) -> bool:
 def _parse_extended_date(inner: Any) -> tuple[dt.datetime | None, str | None]:
     """``{"$date": inner}``: ISO text, ``{"$numberLong": "<ms>"}`` or a number of ms."""
     if isinstance(inner, str):
-        moment, code = _parse_text(inner)
+        moment, _code = _parse_text(inner)
         return (moment, None) if moment is not None else (None, "timestamp_bad_extended_json")
     if isinstance(inner, dict) and len(inner) == 1 and isinstance(inner.get("$numberLong"), str):
         try:

@@ -102,7 +102,7 @@ class ProcessedBatch:
     @property
     def accounted(self) -> int:
         """Messages with an outcome: rows + rejections + ignored (equals ``messages``)."""
-        return self.rows.num_rows + len(self.rejections) + sum(self.ignored.values())
+        return int(self.rows.num_rows) + len(self.rejections) + sum(self.ignored.values())
 
     @property
     def rows_by_op(self) -> Counter[str]:
@@ -175,11 +175,8 @@ def parse_message(
         return reject("operation_mismatch", "a delete that carries a document")
     if op is Operation.REPLACE and envelope.doc is None:
         return reject("replace_without_document", "a replace without its document")
-    if op is Operation.UPDATE and envelope.doc is None and envelope.v >= 2:
-        if envelope.update is None:
-            return reject(
-                "update_without_document", "an update with neither a document nor its fields"
-            )
+    if op is Operation.UPDATE and envelope.doc is None and envelope.v >= 2 and not envelope.update:
+        return reject("update_without_document", "an update with neither a document nor its fields")
     return envelope
 
 

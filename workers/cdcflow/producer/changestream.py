@@ -72,9 +72,7 @@ OVERSIZE_GUARD: list[dict[str, Any]] = [
     {
         "$addFields": {
             "fullDocument": {"$cond": [f"${OVERSIZE_MARK}", "$$REMOVE", "$fullDocument"]},
-            "updateDescription": {
-                "$cond": [f"${OVERSIZE_MARK}", "$$REMOVE", "$updateDescription"]
-            },
+            "updateDescription": {"$cond": [f"${OVERSIZE_MARK}", "$$REMOVE", "$updateDescription"]},
         }
     },
 ]
@@ -101,7 +99,7 @@ def supports_split_events(version: str | None) -> bool:
         parts.append(int(piece))
     numbers = (parts + [0, 0, 0])[:3]
     major, minor, patch = numbers
-    return major >= 7 or (major, minor) == (6, 0) and patch >= 9
+    return major >= 7 or ((major, minor) == (6, 0) and patch >= 9)
 
 
 def is_history_lost(error: BaseException) -> bool:
@@ -267,7 +265,11 @@ class ChangeReader:
             if self._resumed_from is not None:
                 resumed_from, self._resumed_from = self._resumed_from, None
                 first = event.get("_id")
-                if is_nx_token(first) and history_gap(resumed_from, first):
+                if (
+                    isinstance(first, dict)
+                    and is_nx_token(first)
+                    and history_gap(resumed_from, first)
+                ):
                     raise HistoryLost(
                         f"nx-27017 resumed after {token_data(resumed_from)} at "
                         f"{token_data(first)}: the events between were pruned"

@@ -308,9 +308,7 @@ class Producer:
         self._next_presence_check = now + PRESENCE_CHECK_S
         database = self.client[self.settings.mongo_db]
         try:
-            names = database.list_collection_names(
-                filter={"name": self.settings.mongo_collection}
-            )
+            names = database.list_collection_names(filter={"name": self.settings.mongo_collection})
         except (PyMongoError, AttributeError, TypeError):
             return  # a failure here is no evidence of a drop
         if self.settings.mongo_collection in names:
