@@ -53,6 +53,8 @@ def test_promtool_unit_tests_fail_when_thresholds_change(tmp_path: Path) -> None
         queue_depth_floor=5000,
         failed_queue_floor=5,
         stalled_window="15m",
+        skipped_for="10m",
+        capture_stopped_for="10m",
     )
     rules = tmp_path / "helm" / "cdcflow" / "alerts" / alerts.RULE_FILE.name
     rules.parent.mkdir(parents=True)

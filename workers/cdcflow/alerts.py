@@ -63,6 +63,7 @@ class Thresholds:
     resume_token_for: str = "10m"
     # Any event the producer skipped or recorded as failed within the window alerts at once.
     skipped_window: str = "10m"
+    skipped_for: str = "0m"
     capture_stopped_for: str = "1m"
     # No row loaded over the window while events were captured, for this long.
     stalled_window: str = "5m"
@@ -231,7 +232,7 @@ def rule_groups(t: Thresholds = DEFAULT_THRESHOLDS) -> list[dict[str, Any]]:
             "CdcflowEventsSkippedOrFailed",
             f"sum by ({by}) (increase({failed}[{t.skipped_window}]))"
             f"\n+ sum by ({by}) (increase({skipped}[{t.skipped_window}])) > 0",
-            "0m",
+            t.skipped_for,
             "warning",
             "producer",
             "cdcflow producer skipped or failed change events",

@@ -295,7 +295,9 @@ def _document_id(raw: Mapping[str, Any], full: Any, nx: bool) -> str:
         raise InvalidEvent("change event without documentKey._id", reason="missing_document_key")
     key_id = key["_id"]
     full_id = full.get("_id", key_id) if isinstance(full, dict) else key_id
-    if full_id is key_id:
+    if full_id is key_id or (
+        type(full_id) is type(key_id) and type(key_id) in (str, ObjectId) and full_id == key_id
+    ):
         return canonical_id(key_id)
     typed = canonical_id(full_id)
     if nx and isinstance(key_id, str) and not isinstance(nx_unwrap(full_id), str):
