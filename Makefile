@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 export UV_PYTHON_DOWNLOADS := never
 export UV_LINK_MODE := copy
 
-.PHONY: install demo test lint unit integration chaos bench clean help prometheus
+.PHONY: install demo test lint unit integration chaos bench clean help prometheus cluster-build cluster cluster-down
 
 help:
 	@echo "make demo   - local end-to-end demo (EVENTS=$(EVENTS) RATE=$(RATE) BAD=$(BAD))"
@@ -24,6 +24,9 @@ help:
 	@echo "make lint   - ruff and mypy only"
 	@echo "make chaos  - the chaos suite alone"
 	@echo "make bench  - benchmarks (QUICK=1 for a short run)"
+	@echo "make cluster       - start a local Kubernetes control plane (kwok nodes); prints export KUBECONFIG=..."
+	@echo "make cluster-down  - stop it"
+	@echo "make cluster-build - build its pinned binaries once (~20 min the first time; make test does it)"
 
 $(UV):
 	@command -v $(PYTHON) >/dev/null || { echo "cdcflow needs Python 3.11 ($(PYTHON) not found)"; exit 1; }
@@ -44,7 +47,7 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint prometheus
+test: lint prometheus cluster-build
 	scripts/pytest.sh tests $(PYTEST_ARGS)
 
 # Real Prometheus/promtool for the alert-rule and scrape tests (Debian package;
@@ -60,6 +63,17 @@ integration: install
 
 chaos: install
 	scripts/pytest.sh tests/chaos -s $(PYTEST_ARGS)
+
+# The local Kubernetes control plane (docs/testing.md): binaries built once per machine
+# and version into ~/.cache/cdcflow/k8s/<version>/ (seconds when already there).
+cluster-build:
+	@nice -n 10 scripts/cluster/build.sh
+
+cluster: cluster-build
+	@scripts/cluster/start.sh
+
+cluster-down:
+	@scripts/cluster/stop.sh
 
 bench: install
 	$(BIN)/python -m bench $(if $(QUICK),--quick,)

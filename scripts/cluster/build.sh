@@ -9,6 +9,7 @@
 #
 # Usage: scripts/cluster/build.sh [--print-bin-dir]
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 if [[ ${1:-} == --print-bin-dir ]]; then

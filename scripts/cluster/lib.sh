@@ -4,7 +4,7 @@
 # Sourced, never run.
 
 CLUSTER_SCRIPTS=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# shellcheck source=versions.env
+# shellcheck source-path=SCRIPTDIR source=versions.env
 source "$CLUSTER_SCRIPTS/versions.env"
 
 CDCFLOW_CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/cdcflow
