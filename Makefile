@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 export UV_PYTHON_DOWNLOADS := never
 export UV_LINK_MODE := copy
 
-.PHONY: install demo test lint unit integration chaos bench clean help prometheus
+.PHONY: install demo test lint unit integration chaos bench clean help prometheus rabbitmq
 
 help:
 	@echo "make demo   - local end-to-end demo (EVENTS=$(EVENTS) RATE=$(RATE) BAD=$(BAD))"
@@ -44,7 +44,7 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint prometheus
+test: lint prometheus rabbitmq
 	scripts/pytest.sh tests $(PYTEST_ARGS)
 
 # Real Prometheus/promtool for the alert-rule and scrape tests (Debian package;
@@ -52,16 +52,21 @@ test: lint prometheus
 prometheus:
 	@bash scripts/install-prometheus.sh
 
+# RabbitMQ from Debian's package when missing (as root; otherwise it says what to run).
+# Only installs: tests, the demo and the benchmarks start private nodes of their own.
+rabbitmq: install
+	@$(BIN)/python -m cdcflow.localbroker install
+
 unit: install
 	scripts/pytest.sh tests/unit $(PYTEST_ARGS)
 
-integration: install
+integration: install rabbitmq
 	scripts/pytest.sh tests/integration $(PYTEST_ARGS)
 
-chaos: install
+chaos: install rabbitmq
 	scripts/pytest.sh tests/chaos -s $(PYTEST_ARGS)
 
-bench: install
+bench: install rabbitmq
 	$(BIN)/python -m bench $(if $(QUICK),--quick,)
 
 clean:
