@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 export UV_PYTHON_DOWNLOADS := never
 export UV_LINK_MODE := copy
 
-.PHONY: install demo test lint unit integration chaos bench clean help prometheus cluster-build cluster cluster-down
+.PHONY: install demo test lint unit integration chaos bench clean help prometheus rabbitmq cluster-build cluster cluster-down
 
 help:
 	@echo "make demo   - local end-to-end demo (EVENTS=$(EVENTS) RATE=$(RATE) BAD=$(BAD))"
@@ -47,7 +47,7 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint prometheus cluster-build
+test: lint prometheus rabbitmq cluster-build
 	scripts/pytest.sh tests $(PYTEST_ARGS)
 
 # Real Prometheus/promtool for the alert-rule and scrape tests (Debian package;
@@ -55,13 +55,18 @@ test: lint prometheus cluster-build
 prometheus:
 	@bash scripts/install-prometheus.sh
 
+# RabbitMQ from Debian's package when missing (as root; otherwise it says what to run).
+# Only installs: tests, the demo and the benchmarks start private nodes of their own.
+rabbitmq: install
+	@$(BIN)/python -m cdcflow.localbroker install
+
 unit: install
 	scripts/pytest.sh tests/unit $(PYTEST_ARGS)
 
-integration: install
+integration: install rabbitmq
 	scripts/pytest.sh tests/integration $(PYTEST_ARGS)
 
-chaos: install
+chaos: install rabbitmq
 	scripts/pytest.sh tests/chaos -s $(PYTEST_ARGS)
 
 # The local Kubernetes control plane (docs/testing.md): binaries built once per machine
@@ -75,7 +80,7 @@ cluster: cluster-build
 cluster-down:
 	@scripts/cluster/stop.sh
 
-bench: install
+bench: install rabbitmq
 	$(BIN)/python -m bench $(if $(QUICK),--quick,)
 
 clean:

@@ -73,14 +73,16 @@ def _drained(producer: Worker, consumer: Worker, settings: Settings, expected: f
     return published >= expected and acked >= published and stack.queue_ready(settings) == 0
 
 
-def _meter(producer: Worker, consumer: Worker, mongo_pid: int) -> stack.CpuMeter:
+def _meter(
+    producer: Worker, consumer: Worker, mongo_pid: int, broker_pid: int | None
+) -> stack.CpuMeter:
     pids = {
         "producer": producer.pid,
         "consumer": consumer.pid,
         "mongodb": mongo_pid,
         "simulator+bench": os.getpid(),
     }
-    broker_pid = stack.rabbitmq_pid()
+    broker_pid = broker_pid or stack.rabbitmq_pid()
     if broker_pid is not None:
         pids["rabbitmq"] = broker_pid
     return stack.CpuMeter(pids)
@@ -137,7 +139,7 @@ def throughput_and_freshness(
             base = producer.value(PUBLISHED)
             finish_profile = attach([producer, consumer], "e2e")
             burst = settings.with_overrides(rate=math.inf, events=events)
-            meter = _meter(producer, consumer, server.process.pid)
+            meter = _meter(producer, consumer, server.process.pid, scratch.broker_pid)
             first_write = time.time()
             stats = Simulator(burst, client=client).run()
             stack.wait_until(

@@ -134,15 +134,30 @@ def _live(console: Console) -> Iterator[Live | None]:
         yield None
 
 
-def run_demo(settings: Settings, console: Console) -> bool:
-    """Run the demo; True when verify found the warehouse equal to the source."""
+def run_demo(settings: Settings, console: Console, *, broker_configured: bool) -> bool:
+    """Run the demo; True when verify found the warehouse equal to the source.
+
+    The broker is the configured one (``broker_configured``: CDCFLOW_AMQP_URL or
+    ``--amqp-url``), else one answering at 127.0.0.1:5672, else a private node
+    under ``<data dir>/rabbitmq`` that lives as long as the demo.
+    """
+    with localstack.local_broker(
+        settings,
+        settings.data_dir.resolve() / "rabbitmq",
+        configured=broker_configured,
+        reuse_default=True,
+        say=lambda line: console.print(line, highlight=False),
+    ) as local:
+        return _run_pipeline(local.settings, console, private_broker=local.node is not None)
+
+
+def _run_pipeline(settings: Settings, console: Console, *, private_broker: bool) -> bool:
     from cdcflow.report import analytics_tables, write_report
     from cdcflow.simulator import Simulator
     from cdcflow.verify import verify
     from cdcflow.warehouse.client import Warehouse
 
     root = settings.data_dir.resolve() / "demo"
-    localstack.check_rabbitmq(settings.amqp_url.reveal(), settings.amqp_url.where)
     for stale in ("mongo", "warehouse", "logs"):
         shutil.rmtree(root / stale, ignore_errors=True)
     mongo = localstack.start_mongo(root / "mongo")
@@ -235,10 +250,14 @@ def run_demo(settings: Settings, console: Console) -> bool:
         for png in files.pngs:
             console.print(f"  chart: {png}")
         console.print(f"demo finished in {time.monotonic() - started:.0f} s")
-        console.print(
-            f"failed queue kept for inspection: cdcflow dlq inspect --exchange "
-            f"{DEMO_EXCHANGE} --queue {DEMO_QUEUE}"
-        )
+        inspect = f"cdcflow dlq inspect --exchange {DEMO_EXCHANGE} --queue {DEMO_QUEUE}"
+        if private_broker:
+            console.print(
+                "failed queue kept in the private node's data: start the node with "
+                f"`cdcflow broker` and run `CDCFLOW_AMQP_URL=<its URL> {inspect}`"
+            )
+        else:
+            console.print(f"failed queue kept for inspection: {inspect}")
         return report.equal
     finally:
         for worker in workers:
