@@ -16,7 +16,7 @@ Registered as a plugin in ``tests/conftest.py``, so any test under ``tests/`` ca
 
 - ``control_plane`` (session): a :class:`ControlPlane`;
 - ``k8s_namespace`` (function): a fresh namespace, deleted (with the test's volumes)
-  afterwards.
+  afterwards; the deletion finishes in the background.
 
 Every test that uses ``control_plane`` is marked ``cluster`` (``-m "not cluster"``
 leaves them out).
@@ -322,15 +322,25 @@ class ControlPlane:
         wait_for(f"the default ServiceAccount in {name}", has_default_sa, timeout=60)
         return name
 
-    def delete_namespace(self, name: str, *, timeout: float = 180.0) -> None:
-        """Delete a namespace and the PersistentVolumes provisioned for it, and wait
-        until both are gone (so a test leaves nothing behind)."""
+    def delete_namespace(self, name: str, *, wait: bool = False, timeout: float = 180.0) -> None:
+        """Delete a namespace and the PersistentVolumes provisioned for it.
+
+        Without ``wait`` this returns once the deletion is accepted: the namespace
+        controller and kwok finish it in the background (5-20 s a namespace, most of a
+        test's time if waited for), and the whole cluster goes at the session's end
+        anyway. The volumes carry the pv-protection finalizer, so each goes only once
+        its claim has. ``wait=True`` waits until both are gone.
+        """
         core = self.core_v1()
         try:
             core.delete_namespace(name)
         except ApiException as error:
             if error.status != 404:
                 raise
+        selector = f"{VOLUME_OWNER_LABEL}={name}"
+        core.delete_collection_persistent_volume(label_selector=selector)
+        if not wait:
+            return
 
         def namespace_gone() -> bool:
             try:
@@ -342,8 +352,6 @@ class ControlPlane:
                 raise
 
         wait_for(f"namespace {name} to be deleted", namespace_gone, timeout=timeout)
-        selector = f"{VOLUME_OWNER_LABEL}={name}"
-        core.delete_collection_persistent_volume(label_selector=selector)
         wait_for(
             f"the volumes of {name} to be deleted",
             lambda: not core.list_persistent_volume(label_selector=selector).items,
@@ -457,7 +465,8 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
 
 @pytest.fixture
 def k8s_namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh namespace for one test, deleted with its volumes afterwards."""
+    """A fresh namespace for one test; its deletion (with its volumes) is started
+    afterwards and finishes in the background."""
     prefix = re.sub(r"[^a-z0-9]+", "-", request.node.name.removeprefix("test_").lower())
     prefix = prefix[:30].strip("-")
     name = control_plane.create_namespace(prefix or "test")
