@@ -409,14 +409,23 @@ class ControlPlane:
         self._clients.clear()
 
 
-def start_control_plane(state_dir: Path, *, nodes: int = 3) -> ControlPlane:
-    """Start a cluster with ``scripts/cluster/start.sh`` in ``state_dir``.
+def start_control_plane(
+    state_dir: Path, *, nodes: int = 3, owner_pid: int | None = None
+) -> ControlPlane:
+    """Start a cluster with ``scripts/cluster/start.sh`` in ``state_dir``, stopped at the
+    latest when process ``owner_pid`` (default: this one) ends.
 
     Raises :class:`ControlPlaneError` with the script's own explanation (the failing
     component and its log tail, or how to build the binaries) when it does not come up.
     """
     result = subprocess.run(
-        [str(SCRIPTS / "start.sh"), "--state-dir", str(state_dir), "--nodes", str(nodes)],
+        [
+            str(SCRIPTS / "start.sh"),
+            *("--state-dir", str(state_dir), "--nodes", str(nodes)),
+            # If this process dies without running the fixture's teardown (killed,
+            # crashed), the cluster stops anyway.
+            *("--stop-with-pid", str(owner_pid or os.getpid())),
+        ],
         capture_output=True,
         text=True,
         timeout=START_TIMEOUT,

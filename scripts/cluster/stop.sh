@@ -31,8 +31,10 @@ if [[ ! -d $STATE ]]; then
 fi
 STATE=$(cd "$STATE" && pwd)
 
-ours() {  # ours PID: alive and started for this state folder
-  kill -0 "$1" 2>/dev/null && tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -qF "$STATE"
+# ours PID: alive, started for this state folder, and not this very process (the
+# watchdog execs this script) or its parent.
+ours() {
+  [[ $1 != "$$" && $1 != "$PPID" ]] && kill -0 "$1" 2>/dev/null && tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -qF "$STATE"
 }
 
 stopped=0
