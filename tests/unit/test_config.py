@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from cdcflow import broker, logs
 from cdcflow.config import Settings, load_settings, settings_env
+from cdcflow.errors import ConfigError
 from cdcflow.urls import ServiceUrl, scrub
 
 
@@ -129,9 +130,16 @@ def test_amqps_uses_tls_with_the_given_ca(tmp_path: Path) -> None:
     assert params.port == 5671
 
 
-def test_missing_tls_file_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ValidationError, match="does not exist"):
-        Settings(amqp_url="amqps://u:p@mq:5671/%2F", amqp_tls_ca_file=tmp_path / "nope.pem")
+def test_missing_tls_file_is_a_clear_error_at_worker_start_not_at_validation(
+    tmp_path: Path,
+) -> None:
+    """A spec naming files that exist only inside pods still validates (the operator's
+    case); the worker that needs them checks at start."""
+    settings = Settings(amqp_url="amqps://u:p@mq:5671/%2F", amqp_tls_ca_file=tmp_path / "nope.pem")
+    with pytest.raises(ConfigError, match=r"CDCFLOW_AMQP_TLS_CA_FILE=.*nope\.pem"):
+        settings.check_files()
+    (tmp_path / "nope.pem").write_text("x")
+    settings.check_files()
 
 
 def test_a_child_loads_the_same_settings_from_settings_env(
@@ -153,3 +161,53 @@ def test_a_child_loads_the_same_settings_from_settings_env(
     child = Settings()
     assert child.model_dump() == settings.model_dump()
     assert child.amqp_url.reveal() == settings.amqp_url.reveal()
+
+
+def test_sections_compose_the_flat_settings_without_overlap() -> None:
+    """One source of names: every CDCFLOW_* option belongs to exactly one section."""
+    from cdcflow.config import SECTIONS
+
+    owners: dict[str, str] = {}
+    for section_name, section in SECTIONS.items():
+        for name in section.model_fields:
+            assert name not in owners, f"{name} in both {owners.get(name)} and {section_name}"
+            owners[name] = section_name
+    assert set(owners) == set(Settings.model_fields)
+    settings = Settings(_env_file=None, exchange="ex", prefetch=7, mongo_collection="c")
+    assert settings.broker.exchange == "ex" and settings.consumer.prefetch == 7
+    assert settings.source.mongo_collection == "c"
+    assert "prefetch" not in type(settings.broker).model_fields
+
+
+def test_container_env_never_holds_a_secret_value() -> None:
+    from cdcflow.config import SecretKeyRef, container_env
+
+    secret = "Tr0ub4dor-s3cret"
+    settings = Settings(
+        _env_file=None,
+        mongo_uri=f"mongodb+srv://app:{secret}@cluster0.example.net/",
+        amqp_url=f"amqps://cdc:{secret}@mq:5671/prod",
+        clickhouse_url=f"https://loader:{secret}@ch:8443",
+        exchange="pipeline_x",
+        prefetch=500,
+    )
+    refs = {
+        "mongo_uri": SecretKeyRef("atlas", "uri"),
+        "amqp_url": SecretKeyRef("mq", "url"),
+        "clickhouse_url": SecretKeyRef("ch", "url"),
+    }
+    env = container_env([settings.source, settings.broker, settings.warehouse], refs)
+    rendered = repr(env)
+    assert secret not in rendered and "cdc:" not in rendered
+    by_name = {item["name"]: item for item in env}
+    assert by_name["CDCFLOW_AMQP_URL"] == {
+        "name": "CDCFLOW_AMQP_URL",
+        "valueFrom": {"secretKeyRef": {"name": "mq", "key": "url"}},
+    }
+    assert by_name["CDCFLOW_MONGO_URI"]["valueFrom"]["secretKeyRef"]["name"] == "atlas"
+    assert by_name["CDCFLOW_EXCHANGE"] == {"name": "CDCFLOW_EXCHANGE", "value": "pipeline_x"}
+    assert "CDCFLOW_PREFETCH" not in by_name, "only the sections passed are rendered"
+    # A secret field without a reference is left out, never rendered inline.
+    partial = container_env([settings.broker], {})
+    assert all(item["name"] != "CDCFLOW_AMQP_URL" for item in partial)
+    assert secret not in repr(partial)

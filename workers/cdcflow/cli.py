@@ -83,6 +83,7 @@ def _settings(**overrides: Any) -> Settings:
             for item in error.errors(include_url=False)
         )
         raise ConfigError(f"invalid configuration: {scrub(problems)}") from None
+    settings.check_files()  # here, where the worker runs and its files are mounted
     logs.configure(settings.log_level, settings.log_format.value)
     return settings
 
