@@ -31,7 +31,7 @@ $(UV):
 	.tools/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
 $(VENV)/.installed: $(UV) pyproject.toml uv.lock
-	$(UV) sync --locked --python $(PYTHON)
+	$(UV) sync --locked --all-extras --python $(PYTHON)
 	@touch $@
 
 install: $(VENV)/.installed
@@ -43,6 +43,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 test: lint prometheus rabbitmq
 	scripts/pytest.sh tests $(PYTEST_ARGS)

@@ -9,6 +9,7 @@ reason code, queue kind, service), never document ids.
 
 from __future__ import annotations
 
+import platform
 from dataclasses import dataclass
 
 from prometheus_client import (
@@ -31,6 +32,15 @@ _FRESHNESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0,
 _BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000)
 
 BUILD_INFO = Info("cdcflow_build", "Version and role of this cdcflow process.", registry=REGISTRY)
+
+
+def record_build(role: str) -> None:
+    """Set ``cdcflow_build_info{version,role,python}``: which release runs where (the
+    dashboards' versions panel, and a rollout visible as two versions at once)."""
+    from cdcflow import __version__
+
+    BUILD_INFO.info({"version": __version__, "role": role, "python": platform.python_version()})
+
 
 # --- producer -----------------------------------------------------------------------
 EVENTS_CAPTURED = Counter(
