@@ -91,3 +91,19 @@ def test_a_worker_records_its_version_and_role_at_start() -> None:
     assert sample.name == "cdcflow_build_info" and sample.value == 1.0
     assert {key: sample.labels[key] for key in labels} == labels
     assert sample.labels["python"].startswith("3.11")
+
+
+def test_metric_names_are_written_only_in_the_metrics_module() -> None:
+    """Status, demo, bench and the consumer name metrics through metrics.sample_name."""
+    import ast
+
+    exposed = metrics.exposed_names() | {info.name for info in metrics.catalog()}
+    offenders = []
+    for root in (ROOT / "workers" / "cdcflow", ROOT / "bench", ROOT / "operator"):
+        for path in root.rglob("*.py"):
+            if path.name == "metrics.py" and path.parent.name == "cdcflow":
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Constant) and node.value in exposed:
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value}")
+    assert not offenders, "raw metric names: " + ", ".join(offenders)

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from prometheus_client.metrics import MetricWrapperBase
 
 from cdcflow import metrics
 
@@ -79,20 +78,7 @@ class Thresholds:
 DEFAULT_THRESHOLDS = Thresholds()
 
 
-def metric(collector: MetricWrapperBase, suffix: str | None = None) -> str:
-    """The PromQL sample name of a collector from :mod:`cdcflow.metrics`.
-
-    Counters get ``_total`` by default; histograms need ``_bucket``/``_sum``/``_count``.
-    Raises if the result is not a name the registry exposes, so a typo cannot reach a
-    dashboard or rule file.
-    """
-    family = next(iter(collector.describe()))
-    if suffix is None:
-        suffix = {"counter": "_total", "info": "_info"}.get(family.type, "")
-    name = f"{family.name}{suffix}"
-    if name not in metrics.exposed_names():
-        raise ValueError(f"{name} is not exposed by cdcflow.metrics")
-    return str(name)
+metric = metrics.sample_name
 
 
 def _num(value: float) -> str:

@@ -20,6 +20,7 @@ from prometheus_client import (
     Info,
     disable_created_metrics,
 )
+from prometheus_client.metrics import MetricWrapperBase
 
 # Every counter would also export a `<name>_created` timestamp series: noise for
 # dashboards and alerts that never read it.
@@ -247,3 +248,20 @@ def exposed_names() -> set[str]:
         for suffix in suffixes.get(info.kind, ("",)):
             names.add(info.name + suffix)
     return names
+
+
+def sample_name(collector: MetricWrapperBase, suffix: str | None = None) -> str:
+    """The PromQL sample name of a collector defined above: how every other module
+    (status, demo, the benchmarks, dashboards, alert rules) names a metric.
+
+    Counters get ``_total`` by default, Info ``_info``; histograms give their base
+    name (``_bucket``/``_sum``/``_count`` as ``suffix``). Raises if the result is not
+    a name the registry exposes, so a typo cannot reach a query.
+    """
+    family = next(iter(collector.describe()))
+    if suffix is None:
+        suffix = {"counter": "_total", "info": "_info"}.get(family.type, "")
+    name = f"{family.name}{suffix}"
+    if name not in exposed_names() and f"{name}_bucket" not in exposed_names():
+        raise ValueError(f"{name} is not exposed by cdcflow.metrics")
+    return str(name)
