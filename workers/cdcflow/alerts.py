@@ -9,8 +9,9 @@ check rules`` / ``promtool test rules`` read). Tests regenerate both in memory a
 compare with the committed files; ``python -m cdcflow.alerts --write`` rewrites them,
 together with the metrics reference table in ``docs/operations.md``.
 
-Aggregations group ``by`` :attr:`Thresholds.pipeline_labels` (default ``namespace``),
-never by ``job``: producer and consumer are different scrape jobs, and the "loads
+Aggregations group ``by`` :attr:`Thresholds.pipeline_labels` (default ``namespace`` and
+``pipeline``, the scrape label carrying a pod's ``cdcflow.io/pipeline``, so that two
+pipelines in one namespace alert apart), never by ``job``: producer and consumer are different scrape jobs, and the "loads
 stalled" rule compares one with the other. A label that does not exist groups into one
 series, so the rules also work on a Prometheus without that label.
 """
@@ -26,6 +27,7 @@ from typing import Any
 import yaml
 
 from cdcflow import metrics
+from cdcflow.naming import PIPELINE_METRIC_LABEL as PIPELINE_LABEL
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS_DIR = ROOT / "helm" / "cdcflow" / "alerts"
@@ -63,7 +65,7 @@ class Thresholds:
     # No row loaded over the window while events were captured, for this long.
     stalled_window: str = "5m"
     stalled_for: str = "5m"
-    pipeline_labels: tuple[str, ...] = ("namespace",)
+    pipeline_labels: tuple[str, ...] = ("namespace", PIPELINE_LABEL)
     runbook_base_url: str = RUNBOOK
 
     @property
