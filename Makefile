@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 export UV_PYTHON_DOWNLOADS := never
 export UV_LINK_MODE := copy
 
-.PHONY: install demo test lint unit integration chaos bench clean help prometheus rabbitmq
+.PHONY: install demo test lint unit integration chaos bench clean help prometheus rabbitmq generate
 
 help:
 	@echo "make demo   - local end-to-end demo (EVENTS=$(EVENTS) RATE=$(RATE) BAD=$(BAD))"
@@ -24,6 +24,7 @@ help:
 	@echo "make lint   - ruff and mypy only"
 	@echo "make chaos  - the chaos suite alone"
 	@echo "make bench  - benchmarks (QUICK=1 for a short run)"
+	@echo "make generate - rewrite the generated files (dashboards, alert rules, tables)"
 
 $(UV):
 	@command -v $(PYTHON) >/dev/null || { echo "cdcflow needs Python 3.11 ($(PYTHON) not found)"; exit 1; }
@@ -52,6 +53,13 @@ test: lint prometheus rabbitmq
 # prints "skipping: ..." where it cannot install, and those tests then skip).
 prometheus:
 	@bash scripts/install-prometheus.sh
+
+# Regenerate the committed generated files (dashboards, alert rules, metrics table,
+# README settings table); tests fail when they are stale.
+generate: install
+	$(BIN)/python -m cdcflow_build.dashboards --write
+	$(BIN)/python -m cdcflow.alerts --write
+	$(BIN)/python -c 'from tests.unit.test_docs import write; write()'
 
 # RabbitMQ from Debian's package when missing (as root; otherwise it says what to run).
 # Only installs: tests, the demo and the benchmarks start private nodes of their own.

@@ -10,7 +10,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from cdcflow import alerts, dashboards, metrics
+from cdcflow import alerts, metrics
+from cdcflow_build import dashboards
 
 METRIC_NAME = re.compile(r"\b(cdcflow_[a-z0-9_]+|up)\b")
 
@@ -43,7 +44,7 @@ def test_committed_dashboards_match_the_generator() -> None:
     assert sorted(p.name for p in rendered) == sorted(_committed())
     for path, text in rendered.items():
         assert path.read_text() == text, (
-            f"{path} is stale: run python -m cdcflow.dashboards --write"
+            f"{path} is stale: run python -m cdcflow_build.dashboards --write"
         )
 
 

@@ -11,9 +11,10 @@ together with the metrics reference table in ``docs/operations.md``.
 
 Aggregations group ``by`` :attr:`Thresholds.pipeline_labels` (default ``namespace`` and
 ``pipeline``, the scrape label carrying a pod's ``cdcflow.io/pipeline``, so that two
-pipelines in one namespace alert apart), never by ``job``: producer and consumer are different scrape jobs, and the "loads
-stalled" rule compares one with the other. A label that does not exist groups into one
-series, so the rules also work on a Prometheus without that label.
+pipelines in one namespace alert apart), never by ``job``: producer and consumer are
+different scrape jobs, and the "loads stalled" rule compares one with the other. A
+label that does not exist groups into one series, so the rules also work on a
+Prometheus without that label.
 """
 
 from __future__ import annotations

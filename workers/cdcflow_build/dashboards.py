@@ -6,7 +6,7 @@ registry does not expose), a panel's description is the HELP text of the metrics
 shows (so the hover text and ``/metrics`` never disagree), panel thresholds reuse the
 alert thresholds of :mod:`cdcflow.alerts`, and the committed JSON under
 ``helm/cdcflow/dashboards/`` is checked against a fresh build by a test;
-``python -m cdcflow.dashboards --write`` (or :func:`write_all`) regenerates it.
+``python -m cdcflow_build.dashboards --write`` (or :func:`write_all`) regenerates it.
 
 Why the SDK (``grafana-foundation-sdk``, the build for Grafana 11.6): Grafana publishes
 it, it is typed (mypy catches a misspelt option) and has no dependencies; it emits the
