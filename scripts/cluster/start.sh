@@ -51,7 +51,7 @@ if [[ -f $STATE/pids ]]; then
   while read -r name pid; do
     if kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$STATE"; then
       say "a cluster is already running from $STATE ($name is PID $pid); stop it with 'make cluster-down' (scripts/cluster/stop.sh --state-dir $STATE)"
-      say "export KUBECONFIG=$STATE/kubeconfig"
+      printf 'export KUBECONFIG=%s\n' "$STATE/kubeconfig"
       exit 0
     fi
   done <"$STATE/pids"
@@ -59,7 +59,7 @@ fi
 
 started=$SECONDS
 # A fresh cluster each time; the previous run's logs go with it.
-rm -rf "${STATE:?}"/{pki,logs,etcd,volumes,apiserver,pids,cluster.env,kubeconfig,nodes.yaml}
+rm -rf "${STATE:?}"/{pki,logs,etcd,volumes,apiserver,service-accounts,helm,pids,cluster.env,nodes.yaml,*kubeconfig}
 mkdir -p "$STATE"/{pki,logs,etcd,volumes,apiserver}
 : >"$STATE/pids"
 
