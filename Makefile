@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 export UV_PYTHON_DOWNLOADS := never
 export UV_LINK_MODE := copy
 
-.PHONY: install demo test lint unit integration chaos bench clean help prometheus
+.PHONY: install demo test lint unit integration chaos bench clean help prometheus flink
 
 help:
 	@echo "make demo   - local end-to-end demo (EVENTS=$(EVENTS) RATE=$(RATE) BAD=$(BAD))"
@@ -24,6 +24,7 @@ help:
 	@echo "make lint   - ruff and mypy only"
 	@echo "make chaos  - the chaos suite alone"
 	@echo "make bench  - benchmarks (QUICK=1 for a short run)"
+	@echo "make flink  - fetch and check the Flink job server (Java 17 + Maven; cached)"
 
 $(UV):
 	@command -v $(PYTHON) >/dev/null || { echo "cdcflow needs Python 3.11 ($(PYTHON) not found)"; exit 1; }
@@ -44,7 +45,7 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint prometheus
+test: lint prometheus flink
 	scripts/pytest.sh tests $(PYTEST_ARGS)
 
 # Real Prometheus/promtool for the alert-rule and scrape tests (Debian package;
@@ -52,16 +53,22 @@ test: lint prometheus
 prometheus:
 	@bash scripts/install-prometheus.sh
 
+# Beam's Flink job server (Beam 2.62.0, Flink 1.19) through Maven into
+# $${XDG_CACHE_HOME:-~/.cache}/cdcflow/flink/, checked against images/flink/jars.sha256.
+# Only re-checks once fetched. `--runner flink` needs it; nothing is fetched at run time.
+flink:
+	@bash scripts/flink-setup.sh
+
 unit: install
 	scripts/pytest.sh tests/unit $(PYTEST_ARGS)
 
-integration: install
+integration: install flink
 	scripts/pytest.sh tests/integration $(PYTEST_ARGS)
 
-chaos: install
+chaos: install flink
 	scripts/pytest.sh tests/chaos -s $(PYTEST_ARGS)
 
-bench: install
+bench: install flink
 	$(BIN)/python -m bench $(if $(QUICK),--quick,)
 
 clean:
