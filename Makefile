@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 export UV_PYTHON_DOWNLOADS := never
 export UV_LINK_MODE := copy
 
-.PHONY: install demo test lint unit integration chaos bench clean help prometheus flink
+.PHONY: install demo test lint unit integration chaos bench clean help prometheus rabbitmq generate flink
 
 help:
 	@echo "make demo   - local end-to-end demo (EVENTS=$(EVENTS) RATE=$(RATE) BAD=$(BAD))"
@@ -24,6 +24,7 @@ help:
 	@echo "make lint   - ruff and mypy only"
 	@echo "make chaos  - the chaos suite alone"
 	@echo "make bench  - benchmarks (QUICK=1 for a short run)"
+	@echo "make generate - rewrite the generated files (dashboards, alert rules, tables)"
 	@echo "make flink  - fetch and check the Flink job server (Java 17 + Maven; cached)"
 
 $(UV):
@@ -32,7 +33,7 @@ $(UV):
 	.tools/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
 $(VENV)/.installed: $(UV) pyproject.toml uv.lock
-	$(UV) sync --locked --python $(PYTHON)
+	$(UV) sync --locked --all-extras --python $(PYTHON)
 	@touch $@
 
 install: $(VENV)/.installed
@@ -44,14 +45,27 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
-test: lint prometheus flink
+test: lint prometheus rabbitmq flink
 	scripts/pytest.sh tests $(PYTEST_ARGS)
 
 # Real Prometheus/promtool for the alert-rule and scrape tests (Debian package;
 # prints "skipping: ..." where it cannot install, and those tests then skip).
 prometheus:
 	@bash scripts/install-prometheus.sh
+
+# Regenerate the committed generated files (dashboards, alert rules, metrics table,
+# README settings table); tests fail when they are stale.
+generate: install
+	$(BIN)/python -m cdcflow_build.dashboards --write
+	$(BIN)/python -m cdcflow.alerts --write
+	$(BIN)/python -c 'from tests.unit.test_docs import write; write()'
+
+# RabbitMQ from Debian's package when missing (as root; otherwise it says what to run).
+# Only installs: tests, the demo and the benchmarks start private nodes of their own.
+rabbitmq: install
+	@$(BIN)/python -m cdcflow.localbroker install
 
 # Beam's Flink job server (Beam 2.62.0, Flink 1.19) through Maven into
 # $${XDG_CACHE_HOME:-~/.cache}/cdcflow/flink/, checked against images/flink/jars.sha256.
@@ -62,13 +76,13 @@ flink:
 unit: install
 	scripts/pytest.sh tests/unit $(PYTEST_ARGS)
 
-integration: install flink
+integration: install rabbitmq flink
 	scripts/pytest.sh tests/integration $(PYTEST_ARGS)
 
-chaos: install flink
+chaos: install rabbitmq flink
 	scripts/pytest.sh tests/chaos -s $(PYTEST_ARGS)
 
-bench: install flink
+bench: install rabbitmq flink
 	$(BIN)/python -m bench $(if $(QUICK),--quick,)
 
 clean:

@@ -34,15 +34,22 @@ from typing import Any
 from bench import stack
 from bench.stack import BenchError, RssSampler, Scratch, Worker
 from cdcflow.config import Settings
+from cdcflow.metrics import (
+    BATCH_SIZE,
+    EVENTS_PUBLISHED,
+    LAST_LOAD_TIMESTAMP,
+    MESSAGES_ACKED,
+    sample_name,
+)
 from cdcflow.mongo import open_mongo_client
 from cdcflow.simulator import Simulator
 from cdcflow.warehouse.client import Warehouse
 
 log = logging.getLogger(__name__)
 
-ACKED = "cdcflow_messages_acked_total"
-PUBLISHED = "cdcflow_events_published_total"
-LAST_LOAD = "cdcflow_last_load_timestamp_seconds"
+ACKED = sample_name(MESSAGES_ACKED)
+PUBLISHED = sample_name(EVENTS_PUBLISHED)
+LAST_LOAD = sample_name(LAST_LOAD_TIMESTAMP)
 DRAIN_TIMEOUT_S = 300.0
 # Each poll scrapes the workers' /metrics (a few ms of their CPU): often enough to
 # notice the end, rarely enough not to weigh on what is measured. The end itself
@@ -73,14 +80,16 @@ def _drained(producer: Worker, consumer: Worker, settings: Settings, expected: f
     return published >= expected and acked >= published and stack.queue_ready(settings) == 0
 
 
-def _meter(producer: Worker, consumer: Worker, mongo_pid: int) -> stack.CpuMeter:
+def _meter(
+    producer: Worker, consumer: Worker, mongo_pid: int, broker_pid: int | None
+) -> stack.CpuMeter:
     pids = {
         "producer": producer.pid,
         "consumer": consumer.pid,
         "mongodb": mongo_pid,
         "simulator+bench": os.getpid(),
     }
-    broker_pid = stack.rabbitmq_pid()
+    broker_pid = broker_pid or stack.rabbitmq_pid()
     if broker_pid is not None:
         pids["rabbitmq"] = broker_pid
     return stack.CpuMeter(pids)
@@ -89,8 +98,8 @@ def _meter(producer: Worker, consumer: Worker, mongo_pid: int) -> stack.CpuMeter
 def _batches(consumer: Worker) -> tuple[float, float]:
     """(bundles, messages) the consumer has read so far."""
     scraped = consumer.scrape()
-    bundles = scraped.value("cdcflow_batch_messages_count")
-    return bundles, scraped.value("cdcflow_batch_messages_sum")
+    bundles = scraped.value(sample_name(BATCH_SIZE, "_count"))
+    return bundles, scraped.value(sample_name(BATCH_SIZE, "_sum"))
 
 
 def _mean_batch(consumer: Worker, since: tuple[float, float] = (0.0, 0.0)) -> float:
@@ -137,7 +146,7 @@ def throughput_and_freshness(
             base = producer.value(PUBLISHED)
             finish_profile = attach([producer, consumer], "e2e")
             burst = settings.with_overrides(rate=math.inf, events=events)
-            meter = _meter(producer, consumer, server.process.pid)
+            meter = _meter(producer, consumer, server.process.pid, scratch.broker_pid)
             first_write = time.time()
             stats = Simulator(burst, client=client).run()
             stack.wait_until(

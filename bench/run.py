@@ -13,6 +13,7 @@ the broker app or close its connections) is run once more with fresh names.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import logging
 import sys
@@ -67,6 +68,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", type=Path, help="attach py-spy; write stacks to this folder")
     parser.add_argument("--py-spy", help="the py-spy executable (default: from PATH)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data and logs")
+    parser.add_argument(
+        "--amqp-url",
+        help="a running broker to measure on (default: CDCFLOW_AMQP_URL, else a private "
+        "RabbitMQ node started for the run)",
+    )
     return parser.parse_args(argv)
 
 
@@ -112,7 +118,10 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         profiler = Profiler(args.profile, py_spy)
     attach = profiler.attach if profiler is not None else pipeline.no_profile
     scratch = Scratch.create(keep=args.keep)
-    try:
+    with contextlib.ExitStack() as cleanup:
+        # Exits run last-in first-out: the run's queues go before its broker stops.
+        stack.use_broker(scratch, cleanup, args.amqp_url, say=console.print)
+        cleanup.callback(scratch.close)
         settings = scratch.settings("probe")
         rabbitmq = stack.rabbitmq_version(settings)
         raw_result = _phase(
@@ -153,8 +162,6 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         )
         figures.update(backlog.figures)
         notes.update(backlog.notes)
-    finally:
-        scratch.close()
     notes["loadavg_end"] = _loadavg()
     report.derive(figures, notes)
     doc = report.document(

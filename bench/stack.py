@@ -2,10 +2,11 @@
 
 Every measurement gets its own folder under one temporary root (nx-27017's data
 file, the chdb warehouse, worker logs), its own collection and queue names under
-one exchange unique to the run, and its workers are started the way production
+one exchange unique to the run, on one broker for the whole run (the configured
+one, or a private node the run starts), and its workers are started the way production
 starts them: ``python -m cdcflow produce|consume`` configured by ``CDCFLOW_*``
 variables, observed through ``/metrics``. Nothing is shared with other runs, the
-demo or the tests, which may use the same broker at the same time.
+demo or the tests.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ class Scratch:
     token: str
     keep: bool = False
     generation: int = 0  # raised when a phase is retried: fresh names, no leftovers
+    amqp_url: str | None = None  # the run's broker (None: CDCFLOW_AMQP_URL or the default)
+    broker_pid: int | None = None  # its Erlang VM, when this run started it
     _settings: list[Settings] = field(default_factory=list)
 
     @classmethod
@@ -74,10 +77,9 @@ class Scratch:
         return path
 
     def settings(self, name: str, *, mongo_uri: str | None = None, **overrides: Any) -> Settings:
-        """Settings for measurement ``name``: its own collection, queue and warehouse.
-
-        ``CDCFLOW_AMQP_URL`` from the environment is honoured (another broker);
-        everything that names a resource is set here, so the run is isolated.
+        """Settings for measurement ``name``: its own collection, queue and warehouse,
+        on the run's broker. Everything that names a resource is set here, so the
+        run is isolated.
         """
         folder = self.folder(name)
         unique = f"bench_{self.token}{self.generation or ''}_{name}"
@@ -96,6 +98,8 @@ class Scratch:
         }
         if mongo_uri is not None:
             values["mongo_uri"] = mongo_uri
+        if self.amqp_url is not None:
+            values["amqp_url"] = self.amqp_url
         values.update(overrides)
         settings = load_settings().with_overrides(**values)
         self._settings.append(settings)
@@ -107,6 +111,28 @@ class Scratch:
             delete_topology(self._settings)
         if not self.keep:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+def use_broker(
+    scratch: Scratch,
+    cleanup: contextlib.ExitStack,
+    amqp_url: str | None,
+    *,
+    say: Callable[[str], None],
+) -> None:
+    """Put the run on one broker: ``amqp_url``, else ``CDCFLOW_AMQP_URL``, else a
+    private node under the run's folder, stopped when ``cleanup`` closes."""
+    configured = amqp_url or os.environ.get("CDCFLOW_AMQP_URL")
+    base = load_settings(amqp_url=configured)
+    node_root = Path(tempfile.mkdtemp(prefix="cdcflow-bench-rabbitmq-"))
+    cleanup.callback(shutil.rmtree, node_root, ignore_errors=True)  # after the node stopped
+    local = cleanup.enter_context(
+        localstack.local_broker(
+            base, node_root, configured=bool(configured), reuse_default=False, say=say
+        )
+    )
+    scratch.amqp_url = local.settings.amqp_url.reveal()
+    scratch.broker_pid = local.pid
 
 
 def delete_topology(all_settings: list[Settings]) -> None:
@@ -184,7 +210,10 @@ def machine_busy_seconds() -> float:
 
 
 def rabbitmq_pid() -> int | None:
-    """The local broker's Erlang VM, to account its CPU (None if not on this machine)."""
+    """A local broker's Erlang VM, to account its CPU (None if not on this machine).
+
+    Only a guess for a broker this run did not start (there may be several);
+    :attr:`Scratch.broker_pid` is exact."""
     for stat in Path("/proc").glob("[0-9]*/comm"):
         with contextlib.suppress(OSError):
             if stat.read_text().strip() == "beam.smp":

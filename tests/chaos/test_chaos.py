@@ -2,8 +2,10 @@
 nothing duplicated in what analysts read.
 
 At random but seeded moments the suite SIGKILLs the producer (3×) and the
-consumer (3×), closes every broker connection (2×) and restarts the broker
-application once (``rabbitmqctl stop_app`` / ``start_app``). A supervisor thread
+consumer (3×), closes every connection of the suite's own vhost (2×) and restarts
+the broker application once (``rabbitmqctl stop_app`` / ``start_app``). The broker
+is the test run's private node, controlled through its own ``rabbitmqctl -n``
+(never a system service). A supervisor thread
 restarts dead workers the way Kubernetes would. At the end the pipeline drains,
 ``verify`` must find the warehouse equal to the source, and one line reports::
 
@@ -16,19 +18,22 @@ The broker is left running and healthy.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import random
 import subprocess
 import threading
 import time
+import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from cdcflow.config import Settings
+from cdcflow.localbroker import BrokerSetupError, RabbitNode
 from cdcflow.localstack import port_open
 from cdcflow.simulator import SimulationStats, Simulator
 from cdcflow.verify import verify
@@ -62,16 +67,21 @@ def schedule(seed: int, duration_s: float) -> list[Fault]:
     ]
 
 
-def rabbitmqctl(*args: str, timeout: float = 60) -> None:
-    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=timeout)
+@pytest.fixture
+def chaos_vhost(rabbitmq_node: RabbitNode) -> Iterator[str]:
+    """A vhost of the suite's own: closing its connections touches nobody else's."""
+    vhost = f"chaos_{uuid.uuid4().hex[:8]}"
+    rabbitmq_node.add_vhost(vhost)
+    yield vhost
+    rabbitmq_node.delete_vhost(vhost)
 
 
-def ensure_broker_running() -> None:
+def ensure_broker_running(node: RabbitNode) -> None:
     """Leave the broker as we found it: application started and accepting connections."""
-    subprocess.run(["rabbitmqctl", "start_app"], capture_output=True, timeout=120, check=False)
-    subprocess.run(["rabbitmqctl", "await_startup"], capture_output=True, timeout=120, check=False)
+    with contextlib.suppress(BrokerSetupError, subprocess.TimeoutExpired):
+        node.start_app()
     deadline = time.monotonic() + 60
-    while not port_open("127.0.0.1", 5672) and time.monotonic() < deadline:
+    while not port_open("127.0.0.1", node.ports.amqp) and time.monotonic() < deadline:
         time.sleep(0.5)
 
 
@@ -105,7 +115,7 @@ class Supervisor:
         self.thread.join(10)
 
 
-def inject(fault: Fault, pipeline: Pipeline) -> None:
+def inject(fault: Fault, pipeline: Pipeline, node: RabbitNode, vhost: str) -> None:
     if fault.kind == "producer_kill":
         if pipeline.producer.alive():
             pipeline.producer.kill()
@@ -113,18 +123,22 @@ def inject(fault: Fault, pipeline: Pipeline) -> None:
         if pipeline.consumer.alive():
             pipeline.consumer.kill()
     elif fault.kind == "connections_closed":
-        rabbitmqctl("close_all_connections", "--vhost", "/", "cdcflow chaos suite")
+        node.ctl("close_all_connections", "--vhost", vhost, "cdcflow chaos suite")
     elif fault.kind == "broker_restart":
-        rabbitmqctl("stop_app")
+        node.stop_app()
         time.sleep(5.0)
-        rabbitmqctl("start_app")
-        rabbitmqctl("await_startup")
+        node.start_app()
 
 
 def test_chaos(
-    tmp_path: Path, make_settings: Callable[..., Settings], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    capsys: pytest.CaptureFixture[str],
+    rabbitmq_node: RabbitNode,
+    chaos_vhost: str,
 ) -> None:
     settings = make_settings(
+        amqp_url=rabbitmq_node.vhost_url(chaos_vhost),
         events=EVENTS,
         rate=RATE,
         bad_ratio=0.02,
@@ -150,7 +164,7 @@ def test_chaos(
                 delay = fault.at_s - (time.monotonic() - started)
                 if delay > 0:
                     time.sleep(delay)
-                inject(fault, pipeline)
+                inject(fault, pipeline, rabbitmq_node, chaos_vhost)
                 injected[fault.kind] += 1
             writer.join(600)
             assert stats, "the simulator did not finish"
@@ -162,7 +176,7 @@ def test_chaos(
                 worker.start()
         pipeline.drain_and_stop(timeout=600)
     finally:
-        ensure_broker_running()
+        ensure_broker_running(rabbitmq_node)
         for worker in (pipeline.producer, pipeline.consumer):
             if worker.alive():
                 worker.kill()
@@ -186,7 +200,7 @@ def test_chaos(
     assert report.lost == 0, report.summary() + str(report.examples)
     assert report.duplicates == 0, report.summary()
     assert report.equal, report.summary() + str(report.examples)
-    assert port_open("127.0.0.1", 5672), "the broker must be left running"
+    assert port_open("127.0.0.1", rabbitmq_node.ports.amqp), "the broker must be left running"
 
 
 def test_schedule_is_seeded_and_spaced() -> None:

@@ -95,7 +95,7 @@ def test_profile_summary_and_thread_names_from_collapsed_stacks(tmp_path: Path) 
 
 
 @pytest.mark.slow
-def test_harness_writes_every_key_with_positive_figures(tmp_path: Path) -> None:
+def test_harness_writes_every_key_with_positive_figures(tmp_path: Path, amqp_url: str) -> None:
     output = tmp_path / "results" / "latest.json"
     args = run.parse_args(
         [
@@ -105,6 +105,7 @@ def test_harness_writes_every_key_with_positive_figures(tmp_path: Path) -> None:
             "--naive-events", "3",
             "--backlog", "300",
             "--output", str(output),
+            "--amqp-url", amqp_url,
         ]
     )  # fmt: skip
     run.run(args, Console(file=io.StringIO()))

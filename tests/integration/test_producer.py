@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pika
 import pymongo
 import pytest
 from bson import ObjectId
@@ -27,12 +26,12 @@ from cdcflow import broker, metrics
 from cdcflow.config import Settings
 from cdcflow.errors import ServiceUnavailable
 from cdcflow.events import ChangeEnvelope, decode_envelope, to_json_safe
+from cdcflow.localbroker import RabbitNode
 from cdcflow.localstack import free_port, start_worker
 from cdcflow.mongo import open_mongo_client
 from cdcflow.producer.main import ProducerStats, run_producer
 from cdcflow.producer.offsets import OffsetStore
 from cdcflow.versions import nx_sequence
-from tests.conftest import AMQP_URL
 
 WAIT_S = 90.0  # an upper bound for the services to catch up, not a performance claim
 
@@ -48,11 +47,11 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = WAIT_S
         time.sleep(0.1)
 
 
-def queue_depth(queue: str) -> int:
-    """Ready messages (0 until the producer has declared the queue)."""
-    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+def queue_depth(settings: Settings) -> int:
+    """Ready messages in the test's queue (0 until the producer has declared it)."""
+    connection = broker.connect(settings)
     try:
-        depth = broker.queue_depth(connection.channel(), queue)
+        depth = broker.queue_depth(connection.channel(), settings.queue_name)
     finally:
         connection.close()
     return depth.messages or 0
@@ -64,9 +63,10 @@ class Received:
     envelope: ChangeEnvelope
 
 
-def consume_all(queue: str) -> list[Received]:
-    """Every message in the queue, in queue order (acked: the queue ends empty)."""
-    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+def consume_all(settings: Settings) -> list[Received]:
+    """Every message in the test's queue, in queue order (acked: the queue ends empty)."""
+    queue = settings.queue_name
+    connection = broker.connect(settings)
     received = []
     try:
         channel = connection.channel()
@@ -196,16 +196,16 @@ def test_snapshot_then_stream(settings: Settings, source):
     source.insert_one({"_id": oid, "n": -1})
     source.insert_one({"_id": 7, "n": 7})
     producer = ProducerThread(settings)
-    wait_until(lambda: queue_depth(settings.queue_name) >= 252, "the snapshot")
+    wait_until(lambda: queue_depth(settings) >= 252, "the snapshot")
     source.bulk_write(mixed_writes(0, 300), ordered=True)
     source.update_one({"_id": "pre001"}, {"$set": {"n": 1001}})
     source.replace_one({"_id": "pre002"}, {"n": 1002})
     source.delete_one({"_id": "pre003"})
     expected = 252 + 1 + 300 + 150 + 30 + 3
-    wait_until(lambda: queue_depth(settings.queue_name) >= expected, "the stream")
+    wait_until(lambda: queue_depth(settings) >= expected, "the stream")
     stats = producer.stop()
 
-    received = consume_all(settings.queue_name)
+    received = consume_all(settings)
     ops = [item.envelope.op.value for item in received]
     assert ops[:252] == ["snapshot"] * 252 and ops[252] == "snapshot_end"
     end = received[252].envelope
@@ -237,9 +237,9 @@ def test_snapshot_then_stream(settings: Settings, source):
 def test_clean_stop_saves_the_token_and_resume_misses_nothing(settings: Settings, source):
     source.insert_many([{"_id": f"pre{n}", "n": n} for n in range(40)])
     first = ProducerThread(settings)
-    wait_until(lambda: queue_depth(settings.queue_name) >= 41, "the snapshot")
+    wait_until(lambda: queue_depth(settings) >= 41, "the snapshot")
     source.bulk_write(mixed_writes(0, 100))
-    wait_until(lambda: queue_depth(settings.queue_name) >= 41 + 160, "the first run")
+    wait_until(lambda: queue_depth(settings) >= 41 + 160, "the first run")
     assert first.stop().snapshots == 1
     token = saved_token(settings)
     assert token is not None
@@ -247,11 +247,11 @@ def test_clean_stop_saves_the_token_and_resume_misses_nothing(settings: Settings
     source.bulk_write(mixed_writes(100, 100))  # while the producer is down
     second = ProducerThread(settings)
     source.bulk_write(mixed_writes(200, 50))
-    wait_until(lambda: queue_depth(settings.queue_name) >= 41 + 160 * 2 + 80, "the second run")
+    wait_until(lambda: queue_depth(settings) >= 41 + 160 * 2 + 80, "the second run")
     stats = second.stop()
     assert (stats.snapshots, stats.history_lost) == (0, 0)
 
-    received = consume_all(settings.queue_name)
+    received = consume_all(settings)
     resumed = received[41 + 160 :]
     assert all(item.envelope.op.value not in ("snapshot", "snapshot_end") for item in resumed)
     assert nx_sequence(resumed[0].envelope.token) == nx_sequence(token) + 1
@@ -265,11 +265,11 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(settings: Settings, sourc
     source.insert_many([{"_id": f"pre{n}", "n": n} for n in range(100)])
     producer = start(tmp_path / "first.log")
     try:
-        wait_until(lambda: queue_depth(settings.queue_name) >= 101, "the snapshot")
+        wait_until(lambda: queue_depth(settings) >= 101, "the snapshot")
         for batch in range(8):
             source.bulk_write(mixed_writes(batch * 100, 100))
         wait_until(
-            lambda: queue_depth(settings.queue_name) > 400 and saved_token(settings) is not None,
+            lambda: queue_depth(settings) > 400 and saved_token(settings) is not None,
             "messages and a saved token before the kill",
         )
         producer.send_signal(signal.SIGKILL)
@@ -279,43 +279,38 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(settings: Settings, sourc
         producer = start(tmp_path / "second.log")
         for batch in range(12, 16):
             source.bulk_write(mixed_writes(batch * 100, 100))
-        wait_until(
-            lambda: queue_depth(settings.queue_name) >= 101 + 16 * 160, "the restarted producer"
-        )
+        wait_until(lambda: queue_depth(settings) >= 101 + 16 * 160, "the restarted producer")
         producer.send_signal(signal.SIGTERM)
         assert producer.wait(30) == 0, (tmp_path / "second.log").read_text()[-2000:]
     finally:
         if producer.poll() is None:
             producer.kill()
-    received = consume_all(settings.queue_name)
+    received = consume_all(settings)
     assert_latest_states_arrived(source, received, deleted_ids(0, 1600))
     assert "snapshot" not in [item.envelope.op.value for item in received[101:]]
 
 
-def _close_producer_connection(settings: Settings) -> bool:
+def _close_producer_connection(node: RabbitNode, settings: Settings) -> bool:
     """Close this test's producer connection only (others share the broker)."""
     name = f"cdcflow-producer {settings.source_namespace}"
-    listing = subprocess.run(
-        ["rabbitmqctl", "list_connections", "pid", "client_properties", "-q"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    listing = node.ctl("list_connections", "pid", "client_properties", "-q")
     closed = False
     for line in listing.splitlines():
         if f'"{name}"' in line:
             pid = line.split("\t", 1)[0]
-            subprocess.run(["rabbitmqctl", "close_connection", pid, "test"], check=True)
+            node.ctl("close_connection", pid, "test")
             closed = True
     return closed
 
 
-def test_broker_closing_the_connection_mid_stream_loses_nothing(settings: Settings, source):
+def test_broker_closing_the_connection_mid_stream_loses_nothing(
+    settings: Settings, source, rabbitmq_node: RabbitNode
+):
     reconnects = metrics.REGISTRY.get_sample_value(
         "cdcflow_reconnects_total", {"service": "rabbitmq"}
     )
     producer = ProducerThread(settings)
-    wait_until(lambda: queue_depth(settings.queue_name) >= 1, "the (empty) snapshot")
+    wait_until(lambda: queue_depth(settings) >= 1, "the (empty) snapshot")
     stop_writing = threading.Event()
     written = []
 
@@ -329,19 +324,19 @@ def test_broker_closing_the_connection_mid_stream_loses_nothing(settings: Settin
     writer = threading.Thread(target=write)
     writer.start()
     try:
-        wait_until(lambda: queue_depth(settings.queue_name) >= 2000, "messages under load")
-        assert _close_producer_connection(settings)
+        wait_until(lambda: queue_depth(settings) >= 2000, "messages under load")
+        assert _close_producer_connection(rabbitmq_node, settings)
         wait_until(lambda: len(written) >= 60, "writes after the close")
     finally:
         stop_writing.set()
         writer.join()
     expected = 1 + 250 * len(written)
-    wait_until(lambda: queue_depth(settings.queue_name) >= expected, "every insert")
+    wait_until(lambda: queue_depth(settings) >= expected, "every insert")
     stats = producer.stop()
     assert stats.reconnects >= 1
     after = metrics.REGISTRY.get_sample_value("cdcflow_reconnects_total", {"service": "rabbitmq"})
     assert (after or 0) > (reconnects or 0)
-    ids = {item.envelope.id for item in consume_all(settings.queue_name)}
+    ids = {item.envelope.id for item in consume_all(settings)}
     missing = [
         f"b{b:03d}-{n:03d}" for b in written for n in range(250) if f"b{b:03d}-{n:03d}" not in ids
     ]
@@ -353,16 +348,16 @@ def test_deleted_queue_is_declared_again_and_returned_messages_republished(
 ):
     """mandatory=True: what the broker cannot route comes back and is sent again."""
     producer = ProducerThread(settings)
-    wait_until(lambda: queue_depth(settings.queue_name) >= 1, "the (empty) snapshot")
+    wait_until(lambda: queue_depth(settings) >= 1, "the (empty) snapshot")
     source.insert_many([{"_id": f"a{n}"} for n in range(500)])
-    wait_until(lambda: queue_depth(settings.queue_name) >= 501, "the first inserts")
-    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    wait_until(lambda: queue_depth(settings) >= 501, "the first inserts")
+    connection = broker.connect(settings)
     connection.channel().queue_delete(settings.queue_name)
     connection.close()
     source.insert_many([{"_id": f"b{n}"} for n in range(2000)])
-    wait_until(lambda: queue_depth(settings.queue_name) >= 2000, "the inserts after the delete")
+    wait_until(lambda: queue_depth(settings) >= 2000, "the inserts after the delete")
     producer.stop()
-    ids = {item.envelope.id for item in consume_all(settings.queue_name)}
+    ids = {item.envelope.id for item in consume_all(settings)}
     missing = [f"b{n}" for n in range(2000) if f"b{n}" not in ids]
     assert not missing, f"{len(missing)} messages lost with the queue gone, e.g. {missing[:5]}"
 
@@ -370,9 +365,9 @@ def test_deleted_queue_is_declared_again_and_returned_messages_republished(
 def test_history_lost_on_nx_triggers_a_resnapshot(settings: Settings, source):
     source.insert_many([{"_id": f"pre{n}", "n": n} for n in range(50)])
     first = ProducerThread(settings)
-    wait_until(lambda: queue_depth(settings.queue_name) >= 51, "the snapshot")
+    wait_until(lambda: queue_depth(settings) >= 51, "the snapshot")
     source.bulk_write(mixed_writes(0, 20))
-    wait_until(lambda: queue_depth(settings.queue_name) >= 51 + 32, "the first run")
+    wait_until(lambda: queue_depth(settings) >= 51 + 32, "the first run")
     first.stop()
     before = saved_token(settings)
     assert before is not None
@@ -395,11 +390,11 @@ def test_history_lost_on_nx_triggers_a_resnapshot(settings: Settings, source):
         lambda: metrics.REGISTRY.get_sample_value("cdcflow_history_lost_total") == lost_before + 1,
         "the history loss",
     )
-    wait_until(lambda: queue_depth(settings.queue_name) >= 51 + 32 + live + 1, "the re-snapshot")
+    wait_until(lambda: queue_depth(settings) >= 51 + 32 + live + 1, "the re-snapshot")
     stats = second.stop()
     assert (stats.history_lost, stats.snapshots) == (1, 1)
 
-    received = consume_all(settings.queue_name)
+    received = consume_all(settings)
     again = received[51 + 32 :]
     ops = [item.envelope.op.value for item in again]
     end = ops.index("snapshot_end")

@@ -35,7 +35,7 @@ COMMANDS = [
 ]
 
 
-def _env(tmp_path: Path, broker: str) -> dict[str, str]:
+def _env(tmp_path: Path, broker: str, amqp_url: str) -> dict[str, str]:
     closed = free_port()
     env = dict(os.environ)
     env.update(
@@ -53,7 +53,8 @@ def _env(tmp_path: Path, broker: str) -> dict[str, str]:
     if broker == "closed":
         env["CDCFLOW_AMQP_URL"] = f"amqp://cdc:{ENCODED}@127.0.0.1:{closed}/%2F"
     else:  # the real broker, refusing the password
-        env["CDCFLOW_AMQP_URL"] = f"amqp://guest:{ENCODED}@127.0.0.1:5672/%2F"
+        real = urllib.parse.urlsplit(amqp_url)
+        env["CDCFLOW_AMQP_URL"] = f"amqp://guest:{ENCODED}@{real.hostname}:{real.port}/%2F"
     return env
 
 
@@ -69,9 +70,9 @@ CASES = [(command, "closed", "json") for command in COMMANDS] + [
     ids=[f"{' '.join(command[:2])}-{broker}" for command, broker, _ in CASES],
 )
 def test_no_password_in_any_output(
-    tmp_path: Path, command: list[str], log_format: str, broker: str
+    tmp_path: Path, command: list[str], log_format: str, broker: str, amqp_url: str
 ) -> None:
-    env = _env(tmp_path, broker)
+    env = _env(tmp_path, broker, amqp_url)
     env["CDCFLOW_LOG_FORMAT"] = log_format
     args = [part.replace("{tmp}", str(tmp_path)) for part in command]
     result = subprocess.run(

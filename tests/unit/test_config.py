@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from pydantic import ValidationError
 
 from cdcflow import broker, logs
 from cdcflow.config import Settings, load_settings, settings_env
+from cdcflow.errors import ConfigError
 from cdcflow.urls import ServiceUrl, scrub
 
 
@@ -129,9 +131,16 @@ def test_amqps_uses_tls_with_the_given_ca(tmp_path: Path) -> None:
     assert params.port == 5671
 
 
-def test_missing_tls_file_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ValidationError, match="does not exist"):
-        Settings(amqp_url="amqps://u:p@mq:5671/%2F", amqp_tls_ca_file=tmp_path / "nope.pem")
+def test_missing_tls_file_is_a_clear_error_at_worker_start_not_at_validation(
+    tmp_path: Path,
+) -> None:
+    """A spec naming files that exist only inside pods still validates (the operator's
+    case); the worker that needs them checks at start."""
+    settings = Settings(amqp_url="amqps://u:p@mq:5671/%2F", amqp_tls_ca_file=tmp_path / "nope.pem")
+    with pytest.raises(ConfigError, match=r"CDCFLOW_AMQP_TLS_CA_FILE=.*nope\.pem"):
+        settings.check_files()
+    (tmp_path / "nope.pem").write_text("x")
+    settings.check_files()
 
 
 def test_a_child_loads_the_same_settings_from_settings_env(
@@ -153,3 +162,136 @@ def test_a_child_loads_the_same_settings_from_settings_env(
     child = Settings()
     assert child.model_dump() == settings.model_dump()
     assert child.amqp_url.reveal() == settings.amqp_url.reveal()
+
+
+def test_sections_compose_the_flat_settings_without_overlap() -> None:
+    """One source of names: every CDCFLOW_* option belongs to exactly one section."""
+    from cdcflow.config import SECTIONS
+
+    owners: dict[str, str] = {}
+    for section_name, section in SECTIONS.items():
+        for name in section.model_fields:
+            assert name not in owners, f"{name} in both {owners.get(name)} and {section_name}"
+            owners[name] = section_name
+    assert set(owners) == set(Settings.model_fields)
+    settings = Settings(_env_file=None, exchange="ex", prefetch=7, mongo_collection="c")
+    assert settings.broker.exchange == "ex" and settings.consumer.prefetch == 7
+    assert settings.source.mongo_collection == "c"
+    assert "prefetch" not in type(settings.broker).model_fields
+
+
+def test_container_env_never_holds_a_secret_value() -> None:
+    from cdcflow.config import SecretKeyRef, container_env
+
+    secret = "Tr0ub4dor-s3cret"
+    settings = Settings(
+        _env_file=None,
+        mongo_uri=f"mongodb+srv://app:{secret}@cluster0.example.net/",
+        amqp_url=f"amqps://cdc:{secret}@mq:5671/prod",
+        clickhouse_url=f"https://loader:{secret}@ch:8443",
+        exchange="pipeline_x",
+        prefetch=500,
+    )
+    refs = {
+        "mongo_uri": SecretKeyRef("atlas", "uri"),
+        "amqp_url": SecretKeyRef("mq", "url"),
+        "clickhouse_url": SecretKeyRef("ch", "url"),
+    }
+    env = container_env([settings.source, settings.broker, settings.warehouse], refs)
+    rendered = repr(env)
+    assert secret not in rendered and "cdc:" not in rendered
+    by_name = {item["name"]: item for item in env}
+    assert by_name["CDCFLOW_AMQP_URL"] == {
+        "name": "CDCFLOW_AMQP_URL",
+        "valueFrom": {"secretKeyRef": {"name": "mq", "key": "url"}},
+    }
+    assert by_name["CDCFLOW_MONGO_URI"]["valueFrom"]["secretKeyRef"]["name"] == "atlas"
+    assert by_name["CDCFLOW_EXCHANGE"] == {"name": "CDCFLOW_EXCHANGE", "value": "pipeline_x"}
+    assert "CDCFLOW_PREFETCH" not in by_name, "only the sections passed are rendered"
+    # A secret field without a reference is left out, never rendered inline.
+    partial = container_env([settings.broker], {})
+    assert all(item["name"] != "CDCFLOW_AMQP_URL" for item in partial)
+    assert secret not in repr(partial)
+
+
+SECRET = "S3aled-pw-0042"
+
+
+def _secret_settings() -> Settings:
+    return Settings(
+        _env_file=None,
+        amqp_url=f"amqp://cdc:{SECRET}@mq:5672/%2F",
+        clickhouse_url=f"https://loader:{SECRET}@ch:8443",
+        mongo_collection="views",
+    )
+
+
+def test_settings_and_sections_pickle_without_their_passwords() -> None:
+    import pickle
+
+    settings = _secret_settings()
+    for value in (settings, settings.broker, settings.warehouse):
+        data = pickle.dumps(value)
+        assert SECRET.encode() not in data
+        again = pickle.loads(data)  # same process: the password is found again
+        assert again == value
+    assert pickle.loads(pickle.dumps(settings)).amqp_url.reveal() == settings.amqp_url.reveal()
+
+
+def test_elsewhere_the_password_comes_from_that_workers_environment(tmp_path: Path) -> None:
+    import pickle
+    import subprocess
+    import sys
+
+    blob = tmp_path / "settings.pickle"
+    blob.write_bytes(pickle.dumps(_secret_settings().broker))
+    script = (
+        "import pickle, sys; b = pickle.loads(open(sys.argv[1], 'rb').read()); "
+        "print(b.amqp_url.reveal())"
+    )
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CDCFLOW_")}
+    missing = subprocess.run(
+        [sys.executable, "-c", script, str(blob)], capture_output=True, text=True, env=env
+    )
+    assert missing.returncode != 0
+    assert "set CDCFLOW_AMQP_URL in this worker's environment" in missing.stderr
+    env["CDCFLOW_AMQP_URL"] = f"amqp://cdc:{SECRET}@mq:5672/%2F"
+    found = subprocess.run(
+        [sys.executable, "-c", script, str(blob)], capture_output=True, text=True, env=env
+    )
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.strip() == f"amqp://cdc:{SECRET}@mq:5672/%2F"
+
+
+def _pickled_payloads(graph: Any) -> list[bytes]:
+    """Every pickled DoFn of a pipeline proto, uncompressed as Beam's pickler wrote it."""
+    import base64
+    import bz2
+    import zlib
+
+    from apache_beam.portability import common_urns
+    from apache_beam.portability.api import beam_runner_api_pb2
+
+    payloads = []
+    for transform in graph.components.transforms.values():
+        if transform.spec.urn != common_urns.primitives.PAR_DO.urn:
+            continue
+        pardo = beam_runner_api_pb2.ParDoPayload.FromString(transform.spec.payload)
+        compressed = base64.b64decode(pardo.do_fn.payload)
+        try:
+            payloads.append(zlib.decompress(compressed))
+        except zlib.error:
+            payloads.append(bz2.decompress(compressed))
+    return payloads
+
+
+def test_nothing_beam_pickles_for_the_consumer_holds_a_secret() -> None:
+    """The pipeline's graph (every DoFn, pickled as Beam ships it) carries no password."""
+    from cdcflow.consumer.pipeline import build_pipeline
+
+    pipeline = build_pipeline(_secret_settings())
+    payloads = _pickled_payloads(pipeline.to_runner_api())
+    assert payloads, "the graph has pickled DoFns"
+    assert any(b"loader" in payload for payload in payloads), "a DoFn holds the warehouse URL"
+    for payload in payloads:
+        assert SECRET.encode() not in payload

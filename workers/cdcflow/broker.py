@@ -29,7 +29,8 @@ from cdcflow.urls import scrub
 
 SERVICE = "RabbitMQ"
 HINT = (
-    "start it with `rabbitmq-server -detached`, or check CDCFLOW_AMQP_URL (host, port, vhost, user)"
+    "check CDCFLOW_AMQP_URL (host, port, vhost, user); for a local broker, unset it and "
+    "`cdcflow demo` starts one, or run `cdcflow broker`"
 )
 
 

@@ -12,6 +12,7 @@ import functools
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -82,6 +83,7 @@ def _settings(**overrides: Any) -> Settings:
             for item in error.errors(include_url=False)
         )
         raise ConfigError(f"invalid configuration: {scrub(problems)}") from None
+    settings.check_files()  # here, where the worker runs and its files are mounted
     logs.configure(settings.log_level, settings.log_format.value)
     return settings
 
@@ -345,6 +347,7 @@ def demo(
     """
     from cdcflow.demo import run_demo
 
+    signal.signal(signal.SIGTERM, _interrupt)  # stop the private broker as on Ctrl-C
     settings = _settings(
         events=events,
         rate=rate,
@@ -355,6 +358,7 @@ def demo(
         runner=runner,
         log_level=log_level,
     )
+    broker_configured = "amqp_url" in settings.model_fields_set
     demo_defaults = {"events": DEMO_EVENTS, "bad_ratio": DEMO_BAD_RATIO, "log_level": "WARNING"}
     unset = {
         key: value for key, value in demo_defaults.items() if key not in settings.model_fields_set
@@ -362,8 +366,47 @@ def demo(
     if unset:
         settings = settings.with_overrides(**unset)
         logs.configure(settings.log_level, settings.log_format.value)
-    if not run_demo(settings, out):
+    if not run_demo(settings, out, broker_configured=broker_configured):
         raise typer.Exit(1)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@app.command()
+@_expected_errors
+def broker(
+    data_dir: Annotated[Path | None, _opt("data_dir", "--data-dir")] = None,
+    log_level: LogLevel = None,
+) -> None:
+    """Run the demo's private RabbitMQ node (data in <data dir>/rabbitmq) until Ctrl-C.
+
+    For looking at what a demo left behind (the failed queue) or running workers by
+    hand: prints the AMQP URL to export as CDCFLOW_AMQP_URL and the management UI.
+    """
+    from cdcflow.localbroker import PASSWORD, USER, start_node
+
+    settings = _settings(data_dir=data_dir, log_level=log_level)
+    signal.signal(signal.SIGTERM, _interrupt)
+    root = settings.data_dir.resolve() / "rabbitmq"
+    out.print(f"starting a private RabbitMQ node in {root} ...", highlight=False)
+    node = start_node(root, say=lambda line: out.print(line, highlight=False))
+    try:
+        out.print(
+            f"RabbitMQ ready in {node.started_in_s or 0:.0f} s\n"
+            f"  export CDCFLOW_AMQP_URL='{node.amqp_url}'\n"
+            f"  management UI: {node.management_url} (user {USER}, password {PASSWORD})\n"
+            f"  rabbitmqctl: {node.ctl_command()} list_queues\n"
+            "Ctrl-C stops it.",
+            highlight=False,
+        )
+        while node.running():
+            time.sleep(1.0)
+        out.print(f"[red]the node exited: see {node.log_file}")
+        raise typer.Exit(1)
+    finally:
+        node.stop()
 
 
 @app.command()

@@ -1,4 +1,4 @@
-"""One settings model for every worker, the CLI and (later) the operator.
+"""Settings in sections, composed into one flat model for workers and the CLI.
 
 Every option comes from, in order of precedence: a CLI flag, a ``CDCFLOW_*``
 environment variable, a ``.env`` file in the working directory, the default here.
@@ -12,15 +12,23 @@ local RabbitMQ, Beam's in-process runner and an embedded ClickHouse (chdb) under
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 import re
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Self, TypeVar
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cdcflow import naming
+from cdcflow.errors import ConfigError
+from cdcflow.naming import METRICS_PORT
 from cdcflow.urls import ServiceUrl, Url
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -38,18 +46,79 @@ class LogFormat(StrEnum):
     json = "json"
 
 
-class Settings(BaseSettings):
-    """Configuration of cdcflow. Field docs are shown in ``--help`` and the README."""
+class Section(BaseModel):
+    """One group of settings: what one part of cdcflow needs, and only that.
 
-    model_config = SettingsConfigDict(
-        env_prefix="CDCFLOW_",
-        env_file=".env",
-        env_file_encoding="utf-8",
-        extra="ignore",
-        validate_default=True,
-    )
+    Sections are the single source of every option's name, description, default and
+    bounds. :class:`Settings` composes them into the flat ``CDCFLOW_*`` environment
+    that workers and the CLI read; the operator's Pipeline spec embeds the same
+    sections; Beam transforms and DoFns receive only the sections they use. Nothing
+    here touches the filesystem: files named here exist inside pods, not where a spec
+    is validated, so :meth:`Settings.check_files` runs at worker start instead.
+    """
 
-    # --- source -------------------------------------------------------------------
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    @classmethod
+    def of(cls: type[_S], settings: BaseModel) -> _S:
+        """This section's values out of composed settings (or another section)."""
+        return cls.model_validate({name: getattr(settings, name) for name in cls.model_fields})
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled without passwords: Beam pickles every DoFn with what it holds and
+        ships the bytes to its workers (a Flink job's graph, a worker pool). A URL's
+        password stays in this process; unpickling elsewhere takes it from that
+        worker's own ``CDCFLOW_*`` environment (in a pod: a Secret reference)."""
+        values: dict[str, Any] = {}
+        sealed: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, ServiceUrl) and value.password is not None:
+                value, sealed[name] = _seal(value)
+            values[name] = value
+        return (_unseal, (type(self), values, sealed))
+
+
+_SEALED: dict[str, ServiceUrl] = {}  # token -> URL with its password, this process only
+_TOKENS: dict[str, str] = {}  # revealed URL -> its token, so pickling again reuses it
+
+
+def _seal(url: ServiceUrl) -> tuple[ServiceUrl, str]:
+    """The URL without its password, and a random token that finds it in this process."""
+    token = _TOKENS.setdefault(url.reveal(), uuid.uuid4().hex)
+    _SEALED[token] = url
+    return dataclasses.replace(url, password=None), token
+
+
+def _unseal(cls: type[_S], values: dict[str, Any], sealed: dict[str, str]) -> _S:
+    for name, token in sealed.items():
+        url = _SEALED.get(token)
+        if url is None:
+            variable = f"CDCFLOW_{name.upper()}"
+            from_env = os.environ.get(variable)
+            if not from_env:
+                raise ConfigError(
+                    f"{cls.__name__}.{name} was pickled without its password, which stays in "
+                    f"the process that pickled it: set {variable} in this worker's "
+                    "environment (in Kubernetes, from a Secret reference)"
+                )
+            url = ServiceUrl.parse(from_env)
+        values[name] = url
+    return cls.model_validate(values)
+
+
+_S = TypeVar("_S", bound=Section)
+
+
+def _plain(name: str) -> str:
+    if not _NAME.match(name):
+        raise ValueError(f"{name!r}: use letters, digits and underscores only")
+    return name
+
+
+class SourceSettings(Section):
+    """The MongoDB collection to capture."""
+
     mongo_uri: Url = Field(
         default="mongodb://127.0.0.1:27017/?directConnection=true",  # type: ignore[assignment]
         description="MongoDB URI: mongodb:// or mongodb+srv:// (Atlas; TLS on by default).",
@@ -63,11 +132,31 @@ class Settings(BaseSettings):
     offsets_collection: str = Field(
         "cdcflow_offsets", description="Collection (in the source database) holding resume tokens."
     )
+
+    @field_validator("mongo_uri")
+    @classmethod
+    def _mongo_scheme(cls, url: ServiceUrl) -> ServiceUrl:
+        if url.scheme not in ("mongodb", "mongodb+srv"):
+            raise ValueError("MongoDB URI must start with mongodb:// or mongodb+srv://")
+        return url
+
+    @field_validator("mongo_db", "mongo_collection", "offsets_collection")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        return _plain(name)
+
+
+class ConnectionSettings(Section):
+    """How long any client waits for its service (MongoDB, RabbitMQ, ClickHouse)."""
+
     server_timeout_s: float = Field(
         5.0, gt=0, description="Seconds to wait for a service at start before giving up."
     )
 
-    # --- broker -------------------------------------------------------------------
+
+class BrokerSettings(Section):
+    """RabbitMQ: where to publish and consume, and the queue's dead-lettering."""
+
     amqp_url: Url = Field(
         default="amqp://guest:guest@127.0.0.1:5672/%2F",  # type: ignore[assignment]
         description="RabbitMQ URL: amqp:// or amqps:// (TLS); the path is the vhost.",
@@ -88,7 +177,17 @@ class Settings(BaseSettings):
         "a message that keeps failing (crashes and restarts count as deliveries).",
     )
 
-    # --- warehouse ----------------------------------------------------------------
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp_scheme(cls, url: ServiceUrl) -> ServiceUrl:
+        if url.scheme not in ("amqp", "amqps"):
+            raise ValueError("RabbitMQ URL must start with amqp:// or amqps://")
+        return url
+
+
+class WarehouseSettings(Section):
+    """ClickHouse: the embedded chdb or a server, and the table to load."""
+
     clickhouse_url: Url = Field(
         default="chdb://.cdcflow/warehouse",  # type: ignore[assignment]
         description="ClickHouse: chdb:///abs/dir or chdb://rel/dir (embedded), http(s)://host:8123.",
@@ -100,7 +199,27 @@ class Settings(BaseSettings):
     clickhouse_tls_ca_file: Path | None = Field(None, description="CA bundle for https://.")
     clickhouse_tls_verify: bool = Field(True, description="Verify the server certificate (https).")
 
-    # --- producer -----------------------------------------------------------------
+    @field_validator("clickhouse_url")
+    @classmethod
+    def _clickhouse_scheme(cls, url: ServiceUrl) -> ServiceUrl:
+        if url.scheme not in ("chdb", "http", "https"):
+            raise ValueError("ClickHouse URL must start with chdb://, http:// or https://")
+        return url
+
+    @field_validator("clickhouse_database")
+    @classmethod
+    def _plain_database(cls, name: str) -> str:
+        return _plain(name)
+
+    @field_validator("clickhouse_table")
+    @classmethod
+    def _plain_table(cls, name: str | None) -> str | None:
+        return None if name is None else _plain(name)
+
+
+class ProducerSettings(Section):
+    """Change capture and publishing."""
+
     publish_window: int = Field(
         1000, ge=1, le=65535, description="Publishes awaiting a broker confirm, at most."
     )
@@ -110,7 +229,10 @@ class Settings(BaseSettings):
     snapshot_batch: int = Field(1000, ge=1, description="Documents per snapshot read batch.")
     stream_batch: int = Field(1000, ge=1, description="Change-stream cursor batch size.")
 
-    # --- consumer -----------------------------------------------------------------
+
+class ConsumerSettings(Section):
+    """The Beam pipeline: runner, bundles, stop conditions."""
+
     runner: Runner = Field(
         Runner.inprocess,
         description="Beam runner: inprocess (FnApiRunner) or flink (embedded Flink; `make flink`).",
@@ -156,7 +278,21 @@ class Settings(BaseSettings):
     )
     parallelism: int = Field(1, ge=1, description="Competing RabbitMQ consumers per pipeline.")
 
-    # --- simulator ----------------------------------------------------------------
+    @property
+    def effective_prefetch(self) -> int:
+        """The prefetch the consumer asks for (see the ``prefetch`` field)."""
+        if self.prefetch is not None:
+            return self.prefetch
+        if self.runner is Runner.flink:
+            between_acks_s = self.checkpointing_interval_ms / 1000 + 1
+            needed = math.ceil(self.consume_rate * between_acks_s) + self.batch_max_messages
+            return min(65535, max(2000, needed))
+        return 2000
+
+
+class SimulatorSettings(Section):
+    """The workload ``cdcflow simulate`` (and the demo) writes."""
+
     rate: float = Field(350.0, gt=0, description="Target write rate in events/s (simulate, demo).")
     duration_s: float | None = Field(None, gt=0, description="Stop simulating after seconds.")
     events: int | None = Field(None, ge=1, description="Stop simulating after this many events.")
@@ -171,71 +307,25 @@ class Settings(BaseSettings):
     users: int = Field(5000, ge=1, description="Distinct simulated users.")
     write_batch: int = Field(500, ge=1, description="Operations per bulk_write.")
 
-    # --- observability ------------------------------------------------------------
+    @model_validator(mode="after")
+    def _mix_sums_to_one(self) -> Self:
+        total = self.insert_ratio + self.update_ratio + self.delete_ratio
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(
+                f"insert/update/delete ratios must add up to 1 (they add up to {total:g})"
+            )
+        return self
+
+
+class ObservabilitySettings(Section):
+    """What every worker exposes: metrics and health endpoints, logs."""
+
     metrics_port: int = Field(
-        9464, ge=0, le=65535, description="Port for /metrics, /healthz, /readyz (0: off)."
+        METRICS_PORT, ge=0, le=65535, description="Port for /metrics, /healthz, /readyz (0: off)."
     )
     metrics_host: str = Field("0.0.0.0", description="Interface for the metrics server.")
     log_format: LogFormat = Field(LogFormat.text, description="Log format: text or json.")
     log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
-    data_dir: Path = Field(Path(".cdcflow"), description="Local state of the demo (git-ignored).")
-    producer_metrics_url: Url = Field(
-        default="http://127.0.0.1:9464/metrics",  # type: ignore[assignment]
-        description="Where `cdcflow status` reads the producer.",
-    )
-    consumer_metrics_url: Url = Field(
-        default="http://127.0.0.1:9465/metrics",  # type: ignore[assignment]
-        description="Where `cdcflow status` reads the consumer.",
-    )
-
-    @field_validator("mongo_uri")
-    @classmethod
-    def _mongo_scheme(cls, url: ServiceUrl) -> ServiceUrl:
-        if url.scheme not in ("mongodb", "mongodb+srv"):
-            raise ValueError("MongoDB URI must start with mongodb:// or mongodb+srv://")
-        return url
-
-    @field_validator("amqp_url")
-    @classmethod
-    def _amqp_scheme(cls, url: ServiceUrl) -> ServiceUrl:
-        if url.scheme not in ("amqp", "amqps"):
-            raise ValueError("RabbitMQ URL must start with amqp:// or amqps://")
-        return url
-
-    @field_validator("clickhouse_url")
-    @classmethod
-    def _clickhouse_scheme(cls, url: ServiceUrl) -> ServiceUrl:
-        if url.scheme not in ("chdb", "http", "https"):
-            raise ValueError("ClickHouse URL must start with chdb://, http:// or https://")
-        return url
-
-    @field_validator("producer_metrics_url", "consumer_metrics_url")
-    @classmethod
-    def _http_scheme(cls, url: ServiceUrl) -> ServiceUrl:
-        if url.scheme not in ("http", "https"):
-            raise ValueError("a metrics URL must start with http:// or https://")
-        return url
-
-    @field_validator("mongo_db", "mongo_collection", "offsets_collection", "clickhouse_database")
-    @classmethod
-    def _plain_name(cls, name: str) -> str:
-        if not _NAME.match(name):
-            raise ValueError(f"{name!r}: use letters, digits and underscores only")
-        return name
-
-    @field_validator(
-        "mongo_tls_ca_file",
-        "mongo_tls_cert_key_file",
-        "amqp_tls_ca_file",
-        "amqp_tls_cert_file",
-        "amqp_tls_key_file",
-        "clickhouse_tls_ca_file",
-    )
-    @classmethod
-    def _file_exists(cls, path: Path | None) -> Path | None:
-        if path is not None and not path.is_file():
-            raise ValueError(f"{path} does not exist or is not a file")
-        return path
 
     @field_validator("log_level")
     @classmethod
@@ -245,49 +335,145 @@ class Settings(BaseSettings):
             raise ValueError("log level must be DEBUG, INFO, WARNING or ERROR")
         return level
 
-    @model_validator(mode="after")
-    def _mix_sums_to_one(self) -> Settings:
-        total = self.insert_ratio + self.update_ratio + self.delete_ratio
-        if abs(total - 1.0) > 1e-6:
-            raise ValueError(
-                f"insert/update/delete ratios must add up to 1 (they add up to {total:g})"
-            )
-        if self.clickhouse_table is not None and not _NAME.match(self.clickhouse_table):
-            raise ValueError(f"{self.clickhouse_table!r}: use letters, digits and underscores")
-        return self
+
+class ToolSettings(Section):
+    """Options of the local tools: the demo's folder, where ``cdcflow status`` looks."""
+
+    data_dir: Path = Field(Path(".cdcflow"), description="Local state of the demo (git-ignored).")
+    producer_metrics_url: Url = Field(
+        default=f"http://127.0.0.1:{METRICS_PORT}/metrics",  # type: ignore[assignment]
+        description="Where `cdcflow status` reads the producer.",
+    )
+    consumer_metrics_url: Url = Field(
+        default=f"http://127.0.0.1:{METRICS_PORT + 1}/metrics",  # type: ignore[assignment]
+        description="Where `cdcflow status` reads the consumer.",
+    )
+
+    @field_validator("producer_metrics_url", "consumer_metrics_url")
+    @classmethod
+    def _http_scheme(cls, url: ServiceUrl) -> ServiceUrl:
+        if url.scheme not in ("http", "https"):
+            raise ValueError("a metrics URL must start with http:// or https://")
+        return url
+
+
+SECTIONS: dict[str, type[Section]] = {
+    "source": SourceSettings,
+    "connection": ConnectionSettings,
+    "broker": BrokerSettings,
+    "warehouse": WarehouseSettings,
+    "producer": ProducerSettings,
+    "consumer": ConsumerSettings,
+    "simulator": SimulatorSettings,
+    "observability": ObservabilitySettings,
+    "tools": ToolSettings,
+}
+"""Every section by name, in the order the README lists them."""
+
+SECRET_FIELDS = frozenset({"mongo_uri", "amqp_url", "clickhouse_url"})
+"""Fields whose value may carry a password: rendered for pods only as Secret references."""
+
+FILE_FIELDS = (
+    "mongo_tls_ca_file",
+    "mongo_tls_cert_key_file",
+    "amqp_tls_ca_file",
+    "amqp_tls_cert_file",
+    "amqp_tls_key_file",
+    "clickhouse_tls_ca_file",
+)
+
+
+class Settings(  # the MRO lists sections last-first: fields come out in SECTIONS order
+    BaseSettings,
+    ToolSettings,
+    ObservabilitySettings,
+    SimulatorSettings,
+    ConsumerSettings,
+    ProducerSettings,
+    WarehouseSettings,
+    BrokerSettings,
+    ConnectionSettings,
+    SourceSettings,
+):
+    """Every section composed into one flat model, loaded from ``CDCFLOW_*``.
+
+    Field docs are shown in ``--help`` and the README. Use a section
+    (``settings.broker``, ``SourceSettings.of(settings)``) wherever a part needs
+    only its own options, above all in anything Beam pickles.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="CDCFLOW_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    # --- sections -----------------------------------------------------------------
+    @property
+    def source(self) -> SourceSettings:
+        return SourceSettings.of(self)
+
+    @property
+    def connection(self) -> ConnectionSettings:
+        return ConnectionSettings.of(self)
+
+    @property
+    def broker(self) -> BrokerSettings:
+        return BrokerSettings.of(self)
+
+    @property
+    def warehouse(self) -> WarehouseSettings:
+        return WarehouseSettings.of(self)
+
+    @property
+    def producer(self) -> ProducerSettings:
+        return ProducerSettings.of(self)
+
+    @property
+    def consumer(self) -> ConsumerSettings:
+        return ConsumerSettings.of(self)
+
+    @property
+    def simulator(self) -> SimulatorSettings:
+        return SimulatorSettings.of(self)
+
+    @property
+    def observability(self) -> ObservabilitySettings:
+        return ObservabilitySettings.of(self)
+
+    def check_files(self) -> None:
+        """Every TLS file named exists: run at worker start, where the files live."""
+        missing = [
+            f"CDCFLOW_{name.upper()}={path}"
+            for name in FILE_FIELDS
+            if (path := getattr(self, name)) is not None and not Path(path).is_file()
+        ]
+        if missing:
+            raise ConfigError(f"files not found: {', '.join(missing)}: mount them or fix the paths")
 
     # --- derived names ------------------------------------------------------------
     @property
     def queue_name(self) -> str:
         """The main queue: named after the collection unless set."""
-        return self.queue or self.mongo_collection
+        return naming.queue_name(self.mongo_collection, self.queue)
 
     @property
     def failed_queue_name(self) -> str:
-        return f"{self.queue_name}.failed"
+        return naming.failed_queue_name(self.queue_name)
 
     @property
     def routing_key(self) -> str:
-        return self.mongo_collection
+        return naming.routing_key(self.mongo_collection)
 
     @property
     def table_name(self) -> str:
-        return self.clickhouse_table or self.mongo_collection
+        return naming.table_name(self.mongo_collection, self.clickhouse_table)
 
     @property
     def source_namespace(self) -> str:
         return f"{self.mongo_db}.{self.mongo_collection}"
-
-    @property
-    def effective_prefetch(self) -> int:
-        """The prefetch the consumer asks for (see the ``prefetch`` field)."""
-        if self.prefetch is not None:
-            return self.prefetch
-        if self.runner is Runner.flink:
-            between_acks_s = self.checkpointing_interval_ms / 1000 + 1
-            needed = math.ceil(self.consume_rate * between_acks_s) + self.batch_max_messages
-            return min(65535, max(2000, needed))
-        return 2000
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with the given fields replaced (those not None), validated again."""
@@ -302,35 +488,84 @@ def load_settings(**overrides: Any) -> Settings:
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """``CDCFLOW_*`` variables that make a child process load these same settings.
+    """``CDCFLOW_*`` variables that make a local child process load these same settings.
 
     How the demo, the benchmarks and the tests start workers: as Kubernetes does,
-    by environment only. Passwords are revealed here, for the child's environment.
+    by environment only. Passwords are revealed here, for the child's environment
+    on this machine: manifests use :func:`container_env`, which never does.
     """
     env: dict[str, str] = {}
     for name in type(settings).model_fields:
         value = getattr(settings, name)
-        if value is None:
-            continue
-        if isinstance(value, ServiceUrl):
-            text = value.reveal()
-        elif isinstance(value, StrEnum):
-            text = value.value
-        elif isinstance(value, bool):
-            text = "true" if value else "false"
-        else:
-            text = str(value)
-        env[f"CDCFLOW_{name.upper()}"] = text
+        if value is not None:
+            env[f"CDCFLOW_{name.upper()}"] = _env_text(value)
+    return env
+
+
+@dataclass(frozen=True)
+class SecretKeyRef:
+    """Where a pod finds a secret value: a key of a Kubernetes Secret."""
+
+    name: str
+    key: str
+
+
+def _env_text(value: Any) -> str:
+    if isinstance(value, ServiceUrl):
+        return value.reveal()
+    if isinstance(value, StrEnum):
+        return value.value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def container_env(
+    sections: Iterable[Section], secrets: Mapping[str, SecretKeyRef]
+) -> list[dict[str, Any]]:
+    """The ``env`` of a container that loads these sections, secrets by reference.
+
+    Fields that may carry a password (:data:`SECRET_FIELDS`) are rendered only as
+    ``valueFrom.secretKeyRef`` from ``secrets``, never inline, so a manifest, an
+    event or a log line of the operator cannot hold one. A secret field left at
+    its default (no password: the local stack's) is omitted unless referenced.
+    Fields at their default are omitted too: the worker's own default applies.
+    """
+    env: list[dict[str, Any]] = []
+    for section in sections:
+        for name, field in type(section).model_fields.items():
+            variable = f"CDCFLOW_{name.upper()}"
+            if name in SECRET_FIELDS:
+                if name in secrets:
+                    ref = secrets[name]
+                    env.append(
+                        {
+                            "name": variable,
+                            "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
+                        }
+                    )
+                continue
+            value = getattr(section, name)
+            if value is None or value == field.default:
+                continue
+            env.append({"name": variable, "value": _env_text(value)})
     return env
 
 
 def settings_markdown() -> str:
-    """The configuration table of the README, generated from the fields above."""
-    lines = ["| environment variable | default | meaning |", "| --- | --- | --- |"]
-    for name, field in Settings.model_fields.items():
-        default = field.default
-        if isinstance(default, StrEnum):
-            default = default.value
-        shown = "" if default is None else f"`{default}`"
-        lines.append(f"| `CDCFLOW_{name.upper()}` | {shown} | {field.description or ''} |")
+    """The configuration table of the README, generated from the sections above."""
+    lines = [
+        "| environment variable | section | default | meaning |",
+        "| --- | --- | --- | --- |",
+    ]
+    for section_name, section in SECTIONS.items():
+        for name, field in section.model_fields.items():
+            default = field.default
+            if isinstance(default, StrEnum):
+                default = default.value
+            shown = "" if default is None else f"`{default}`"
+            lines.append(
+                f"| `CDCFLOW_{name.upper()}` | {section_name} | {shown} | "
+                f"{field.description or ''} |"
+            )
     return "\n".join(lines)

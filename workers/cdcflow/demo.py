@@ -26,6 +26,18 @@ from rich.table import Table
 from cdcflow import broker, localstack
 from cdcflow.config import Settings
 from cdcflow.errors import ServiceUnavailable
+from cdcflow.metrics import (
+    CAPTURE_LAG_SECONDS,
+    EVENTS_CAPTURED,
+    EVENTS_PUBLISHED,
+    MESSAGES_ACKED,
+    MESSAGES_CONSUMED,
+    MESSAGES_DEAD_LETTERED,
+    PUBLISH_UNCONFIRMED,
+    QUEUE_DEPTH,
+    ROWS_LOADED,
+    sample_name,
+)
 from cdcflow.scrape import Scrape
 
 DEMO_EXCHANGE = "cdcflow-demo"
@@ -95,16 +107,16 @@ def _start_worker(command: str, settings: Settings, root: Path) -> localstack.Wo
 
 def _observe(progress: Progress, producer: Scrape, consumer: Scrape) -> None:
     if producer.ok:
-        progress.captured = producer.value("cdcflow_events_captured_total")
-        progress.published = producer.value("cdcflow_events_published_total")
-        progress.unconfirmed = producer.value("cdcflow_publish_unconfirmed_messages")
-        progress.lag_s = producer.value("cdcflow_capture_lag_seconds")
+        progress.captured = producer.value(sample_name(EVENTS_CAPTURED))
+        progress.published = producer.value(sample_name(EVENTS_PUBLISHED))
+        progress.unconfirmed = producer.value(sample_name(PUBLISH_UNCONFIRMED))
+        progress.lag_s = producer.value(sample_name(CAPTURE_LAG_SECONDS))
     if consumer.ok:
-        progress.consumed = consumer.value("cdcflow_messages_consumed_total")
-        progress.acked = consumer.value("cdcflow_messages_acked_total")
-        progress.loaded = consumer.value("cdcflow_rows_loaded_total")
-        progress.dead_lettered = consumer.value("cdcflow_messages_dead_lettered_total")
-        progress.queue_depth = consumer.value("cdcflow_queue_depth_messages", queue="main")
+        progress.consumed = consumer.value(sample_name(MESSAGES_CONSUMED))
+        progress.acked = consumer.value(sample_name(MESSAGES_ACKED))
+        progress.loaded = consumer.value(sample_name(ROWS_LOADED))
+        progress.dead_lettered = consumer.value(sample_name(MESSAGES_DEAD_LETTERED))
+        progress.queue_depth = consumer.value(sample_name(QUEUE_DEPTH), queue="main")
 
 
 def _queue_ready_messages(settings: Settings) -> int:
@@ -134,15 +146,30 @@ def _live(console: Console) -> Iterator[Live | None]:
         yield None
 
 
-def run_demo(settings: Settings, console: Console) -> bool:
-    """Run the demo; True when verify found the warehouse equal to the source."""
+def run_demo(settings: Settings, console: Console, *, broker_configured: bool) -> bool:
+    """Run the demo; True when verify found the warehouse equal to the source.
+
+    The broker is the configured one (``broker_configured``: CDCFLOW_AMQP_URL or
+    ``--amqp-url``), else one answering at 127.0.0.1:5672, else a private node
+    under ``<data dir>/rabbitmq`` that lives as long as the demo.
+    """
+    with localstack.local_broker(
+        settings,
+        settings.data_dir.resolve() / "rabbitmq",
+        configured=broker_configured,
+        reuse_default=True,
+        say=lambda line: console.print(line, highlight=False),
+    ) as local:
+        return _run_pipeline(local.settings, console, private_broker=local.node is not None)
+
+
+def _run_pipeline(settings: Settings, console: Console, *, private_broker: bool) -> bool:
     from cdcflow.report import analytics_tables, write_report
     from cdcflow.simulator import Simulator
     from cdcflow.verify import verify
     from cdcflow.warehouse.client import Warehouse
 
     root = settings.data_dir.resolve() / "demo"
-    localstack.check_rabbitmq(settings.amqp_url.reveal(), settings.amqp_url.where)
     for stale in ("mongo", "warehouse", "logs"):
         shutil.rmtree(root / stale, ignore_errors=True)
     mongo = localstack.start_mongo(root / "mongo")
@@ -235,10 +262,14 @@ def run_demo(settings: Settings, console: Console) -> bool:
         for png in files.pngs:
             console.print(f"  chart: {png}")
         console.print(f"demo finished in {time.monotonic() - started:.0f} s")
-        console.print(
-            f"failed queue kept for inspection: cdcflow dlq inspect --exchange "
-            f"{DEMO_EXCHANGE} --queue {DEMO_QUEUE}"
-        )
+        inspect = f"cdcflow dlq inspect --exchange {DEMO_EXCHANGE} --queue {DEMO_QUEUE}"
+        if private_broker:
+            console.print(
+                "failed queue kept in the private node's data: start the node with "
+                f"`cdcflow broker` and run `CDCFLOW_AMQP_URL=<its URL> {inspect}`"
+            )
+        else:
+            console.print(f"failed queue kept for inspection: {inspect}")
         return report.equal
     finally:
         for worker in workers:

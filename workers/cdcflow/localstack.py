@@ -1,4 +1,4 @@
-"""The embedded local stack: nx-27017 as MongoDB, the local RabbitMQ, chdb.
+"""The embedded local stack: nx-27017 as MongoDB, a private RabbitMQ node, chdb.
 
 Used by ``cdcflow demo``, the benchmarks and the integration tests, so all three
 start MongoDB the same way. Nothing here is used in Kubernetes.
@@ -11,37 +11,26 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pika
-import pika.exceptions
-
+from cdcflow import broker
 from cdcflow.config import Settings, settings_env
 from cdcflow.errors import ServiceUnavailable
+from cdcflow.localbroker import PASSWORD as BROKER_PASSWORD
+from cdcflow.localbroker import USER as BROKER_USER
+from cdcflow.localbroker import RabbitNode, start_node
+from cdcflow.localbroker import free_port as free_port  # re-exported: tests and bench use it
+from cdcflow.localbroker import port_open as port_open
 from cdcflow.scrape import Scrape, ready, scrape
+from cdcflow.urls import ServiceUrl
 
 log = logging.getLogger(__name__)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def _nx_executable() -> list[str]:
@@ -131,29 +120,70 @@ def mongo_server(data_dir: Path, port: int | None = None) -> Iterator[MongoServe
         server.stop()
 
 
-RABBITMQ_HINT = (
-    "start it with `rabbitmq-server -detached` (or `sudo systemctl start rabbitmq-server`), "
-    "or point CDCFLOW_AMQP_URL at a running broker"
-)
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 
 
-def check_rabbitmq(url: str, where: str, timeout: float = 5.0) -> None:
-    """Raise :class:`ServiceUnavailable` unless an AMQP connection opens."""
-    params = pika.URLParameters(url)
-    params.socket_timeout = timeout
-    params.blocked_connection_timeout = timeout
-    params.connection_attempts = 1
+def _answers(settings: Settings) -> None:
+    """Raise :class:`ServiceUnavailable` (saying what to do) unless the broker answers."""
+    broker.connect(settings).close()
+
+
+def _default_broker_answers(settings: Settings) -> bool:
+    default = settings.with_overrides(amqp_url=DEFAULT_AMQP_URL, server_timeout_s=3.0)
+    if not port_open(default.amqp_url.host, default.amqp_url.port or 5672):
+        return False
     try:
-        connection = pika.BlockingConnection(params)
-    except pika.exceptions.ProbableAuthenticationError:
-        raise ServiceUnavailable(
-            "RabbitMQ", where, "login refused", "check the user and password in CDCFLOW_AMQP_URL"
-        ) from None
-    except pika.exceptions.AMQPError as error:
-        raise ServiceUnavailable(
-            "RabbitMQ", where, f"cannot connect ({type(error).__name__})", RABBITMQ_HINT
-        ) from None
-    connection.close()
+        _answers(default)
+    except ServiceUnavailable:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class LocalBroker:
+    """The broker a local run uses, and the node cdcflow started for it (if any)."""
+
+    settings: Settings  # with ``amqp_url`` pointing at that broker
+    node: RabbitNode | None
+
+    @property
+    def pid(self) -> int | None:
+        return self.node.pid if self.node is not None else None
+
+
+@contextlib.contextmanager
+def local_broker(
+    settings: Settings,
+    root: Path,
+    *,
+    configured: bool,
+    reuse_default: bool,
+    say: Callable[[str], None] = log.info,
+) -> Iterator[LocalBroker]:
+    """The broker for a local run: the configured one, else (``reuse_default``) one
+    answering at 127.0.0.1:5672, else a private node under ``root``, stopped on exit
+    (also on Ctrl-C: the node runs in its own session and is stopped here).
+    """
+    if configured:
+        _answers(settings)
+        yield LocalBroker(settings, None)
+        return
+    if reuse_default and _default_broker_answers(settings):
+        where = ServiceUrl.parse(DEFAULT_AMQP_URL).where
+        say(f"RabbitMQ: using the broker that answers at {where}")
+        yield LocalBroker(settings.with_overrides(amqp_url=DEFAULT_AMQP_URL), None)
+        return
+    say(f"RabbitMQ: starting a private node in {root} (about 20 s) ...")
+    node = start_node(root, say=say)
+    try:
+        say(
+            f"RabbitMQ: ready in {node.started_in_s or 0:.0f} s; management UI "
+            f"{node.management_url} (user {BROKER_USER}, password {BROKER_PASSWORD}); "
+            f"AMQP 127.0.0.1:{node.ports.amqp}"
+        )
+        yield LocalBroker(settings.with_overrides(amqp_url=node.amqp_url), node)
+    finally:
+        node.stop()
 
 
 def process_rss_mb(pid: int) -> float:
