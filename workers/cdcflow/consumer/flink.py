@@ -25,6 +25,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -108,7 +109,7 @@ def _log_properties() -> list[str]:
     properties = [
         f"-Dorg.slf4j.simpleLogger.defaultLogLevel={level}",
         "-Dorg.slf4j.simpleLogger.showDateTime=true",
-        "-Dorg.slf4j.simpleLogger.dateTimeFormat=HH:mm:ss.SSS",
+        "-Dorg.slf4j.simpleLogger.dateTimeFormat=yyyy-MM-dd'T'HH:mm:ss.SSSXXX",
         "-Dorg.slf4j.simpleLogger.showShortLogName=true",
     ]
     if level == "warn":
@@ -116,6 +117,21 @@ def _log_properties() -> list[str]:
             f"-Dorg.slf4j.simpleLogger.log.{name}={value}" for name, value in _LOGGERS.items()
         ]
     return properties
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(port: int, timeout: float = 0.2) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child, between fork and exec
@@ -147,8 +163,6 @@ class JobServer:
 
     def start(self, timeout: float = 90.0) -> JobServer:
         """Start the JVM and wait until its job service accepts connections."""
-        from cdcflow.localstack import free_port, port_open
-
         java = java_executable()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._staging = Path(tempfile.mkdtemp(prefix="cdcflow-flink-artifacts-"))
@@ -190,7 +204,7 @@ class JobServer:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
                     break
-                if port_open("127.0.0.1", self.port, timeout=0.2):
+                if port_open(self.port):
                     return self
                 time.sleep(0.2)
             tail = self._log_tail()
