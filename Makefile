@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 export UV_PYTHON_DOWNLOADS := never
 export UV_LINK_MODE := copy
 
-.PHONY: install demo test lint unit integration chaos bench clean help prometheus rabbitmq generate cluster-build cluster cluster-down
+.PHONY: install demo test lint unit integration chaos bench clean help prometheus rabbitmq generate cluster-build cluster cluster-down flink
 
 help:
 	@echo "make demo   - local end-to-end demo (EVENTS=$(EVENTS) RATE=$(RATE) BAD=$(BAD))"
@@ -28,6 +28,7 @@ help:
 	@echo "make cluster       - start a local Kubernetes control plane (kwok nodes); prints export KUBECONFIG=..."
 	@echo "make cluster-down  - stop it"
 	@echo "make cluster-build - build its pinned binaries once (~20 min the first time; make test does it)"
+	@echo "make flink  - fetch and check the Flink job server (Java 17 + Maven; cached)"
 
 $(UV):
 	@command -v $(PYTHON) >/dev/null || { echo "cdcflow needs Python 3.11 ($(PYTHON) not found)"; exit 1; }
@@ -49,7 +50,7 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
 
-test: lint prometheus rabbitmq cluster-build
+test: lint prometheus rabbitmq flink cluster-build
 	scripts/pytest.sh tests $(PYTEST_ARGS)
 
 # Real Prometheus/promtool for the alert-rule and scrape tests (Debian package;
@@ -69,13 +70,19 @@ generate: install
 rabbitmq: install
 	@$(BIN)/python -m cdcflow.localbroker install
 
+# Beam's Flink job server (Beam 2.62.0, Flink 1.19) through Maven into
+# $${XDG_CACHE_HOME:-~/.cache}/cdcflow/flink/, checked against images/flink/jars.sha256.
+# Only re-checks once fetched. `--runner flink` needs it; nothing is fetched at run time.
+flink:
+	@bash scripts/flink-setup.sh
+
 unit: install
 	scripts/pytest.sh tests/unit $(PYTEST_ARGS)
 
-integration: install rabbitmq
+integration: install rabbitmq flink
 	scripts/pytest.sh tests/integration $(PYTEST_ARGS)
 
-chaos: install rabbitmq
+chaos: install rabbitmq flink
 	scripts/pytest.sh tests/chaos -s $(PYTEST_ARGS)
 
 # The local Kubernetes control plane (docs/testing.md): binaries built once per machine
@@ -89,7 +96,7 @@ cluster: cluster-build
 cluster-down:
 	@scripts/cluster/stop.sh
 
-bench: install rabbitmq
+bench: install rabbitmq flink
 	$(BIN)/python -m bench $(if $(QUICK),--quick,)
 
 clean:

@@ -26,6 +26,7 @@ import apache_beam as beam
 import pika
 import pyarrow as pa
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.pipeline import Pipeline
 from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
 
 from bench import raw_amqp
@@ -63,7 +64,7 @@ class _InsertRow(beam.DoFn):
 
 def _run_pipeline(key: str, collection: str, body: bytes) -> None:
     options = PipelineOptions(flags=[], save_main_session=False)
-    with beam.Pipeline(runner=FnApiRunner(), options=options) as pipeline:
+    with Pipeline(runner=FnApiRunner(), options=options) as pipeline:
         _ = (
             pipeline
             | "Create" >> beam.Create([body])  # type: ignore[no-untyped-call]

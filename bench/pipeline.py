@@ -109,7 +109,9 @@ def _mean_batch(consumer: Worker, since: tuple[float, float] = (0.0, 0.0)) -> fl
     return round(messages / bundles, 1) if bundles else 0.0
 
 
-def _start_pair(settings: Settings, logs: Path, started: list[Worker]) -> tuple[Worker, Worker]:
+def _start_pair(
+    settings: Settings, logs: Path, started: list[Worker], timeout: float = 60.0
+) -> tuple[Worker, Worker]:
     producer = stack.start_worker("producer", "produce", settings, logs)
     started.append(producer)
     producer.wait_ready()
@@ -119,7 +121,7 @@ def _start_pair(settings: Settings, logs: Path, started: list[Worker]) -> tuple[
     # The initial snapshot of the empty collection (one snapshot_end) must be through.
     stack.wait_until(
         lambda: _drained(producer, consumer, settings, 1),
-        timeout=60,
+        timeout=timeout,
         what="the initial snapshot to pass",
         interval=POLL_S,
     )
@@ -133,41 +135,40 @@ def throughput_and_freshness(
     rate: float,
     freshness_s: float,
     attach: Attach = no_profile,
+    name: str = "e2e",
+    overrides: dict[str, Any] | None = None,
+    burst: bool = True,
+    start_timeout: float = 60.0,
 ) -> PipelineResult:
-    """End-to-end events/s at unbounded write rate, then freshness at ``rate``."""
+    """End-to-end events/s at unbounded write rate, then freshness at ``rate``.
+
+    ``overrides``: settings of this measurement (the Flink runs: runner, checkpoint
+    interval); ``burst=False`` measures freshness only. ``start_timeout`` covers
+    the consumer's start (a Flink job takes tens of seconds).
+    """
     result = PipelineResult()
-    name = "e2e"
     folder = scratch.folder(name)
     with stack.mongo(folder) as server, stack.workers() as started:
-        settings = scratch.settings(name, mongo_uri=server.uri)
-        producer, consumer = _start_pair(settings, folder / "logs", started)
+        settings = scratch.settings(name, mongo_uri=server.uri, **(overrides or {}))
+        began = time.monotonic()
+        producer, consumer = _start_pair(settings, folder / "logs", started, start_timeout)
+        result.notes["start_s"] = round(time.monotonic() - began, 1)
         client = open_mongo_client(settings)
         try:
             base = producer.value(PUBLISHED)
-            finish_profile = attach([producer, consumer], "e2e")
-            burst = settings.with_overrides(rate=math.inf, events=events)
-            meter = _meter(producer, consumer, server.process.pid, scratch.broker_pid)
-            first_write = time.time()
-            stats = Simulator(burst, client=client).run()
-            stack.wait_until(
-                lambda: _drained(producer, consumer, settings, base + stats.events),
-                timeout=DRAIN_TIMEOUT_S,
-                what=f"{stats.events} changes to reach the warehouse",
-                interval=POLL_S,
-            )
-            cpu = meter.stop()
-            finish_profile()
-            result.notes["e2e_cpu_us_per_event"] = {
-                process: round(seconds / stats.events * 1e6, 1)
-                for process, seconds in cpu.items()
-                if process != "wall"
-            }
-            result.notes["e2e_mean_batch"] = _mean_batch(consumer)
-            last_load = consumer.value(LAST_LOAD)
-            result.figures["e2e_events_per_s"] = stats.events / (last_load - first_write)
-            result.notes["e2e_events"] = stats.events
-            result.notes["e2e_seconds"] = last_load - first_write
-            result.notes["e2e_write_events_per_s"] = stats.rate
+            if burst:
+                _burst(
+                    result,
+                    scratch,
+                    server.process.pid,
+                    producer,
+                    consumer,
+                    settings,
+                    events,
+                    client=client,
+                    attach=attach,
+                )
+                result.notes["e2e_events"] = events
 
             base = producer.value(PUBLISHED)
             batches_before = _batches(consumer)
@@ -189,6 +190,45 @@ def throughput_and_freshness(
         producer.terminate(timeout=30.0)
     _freshness_from_warehouse(settings, simulator.run_tag, result)
     return result
+
+
+def _burst(
+    result: PipelineResult,
+    scratch: Scratch,
+    mongo_pid: int,
+    producer: Worker,
+    consumer: Worker,
+    settings: Settings,
+    events: int,
+    *,
+    client: Any,
+    attach: Attach = no_profile,
+) -> None:
+    """``events`` changes at unbounded write rate: end-to-end events/s."""
+    base = producer.value(PUBLISHED)
+    finish_profile = attach([producer, consumer], "e2e")
+    burst = settings.with_overrides(rate=math.inf, events=events)
+    meter = _meter(producer, consumer, mongo_pid, scratch.broker_pid)
+    first_write = time.time()
+    stats = Simulator(burst, client=client).run()
+    stack.wait_until(
+        lambda: _drained(producer, consumer, settings, base + stats.events),
+        timeout=DRAIN_TIMEOUT_S,
+        what=f"{stats.events} changes to reach the warehouse",
+        interval=POLL_S,
+    )
+    cpu = meter.stop()
+    finish_profile()
+    result.notes["e2e_cpu_us_per_event"] = {
+        process: round(seconds / stats.events * 1e6, 1)
+        for process, seconds in cpu.items()
+        if process != "wall"
+    }
+    result.notes["e2e_mean_batch"] = _mean_batch(consumer)
+    last_load = consumer.value(LAST_LOAD)
+    result.figures["e2e_events_per_s"] = stats.events / (last_load - first_write)
+    result.notes["e2e_seconds"] = last_load - first_write
+    result.notes["e2e_write_events_per_s"] = stats.rate
 
 
 def _freshness_from_warehouse(settings: Settings, run_tag: str, result: PipelineResult) -> None:
@@ -228,14 +268,22 @@ def _freshness_from_warehouse(settings: Settings, run_tag: str, result: Pipeline
 
 
 def backlog_memory(
-    scratch: Scratch, *, backlog: int, attach: Attach = no_profile
+    scratch: Scratch,
+    *,
+    backlog: int,
+    attach: Attach = no_profile,
+    name: str = "backlog",
+    overrides: dict[str, Any] | None = None,
 ) -> PipelineResult:
-    """Peak RSS of the producer publishing, then the consumer draining, a backlog."""
+    """Peak RSS of the producer publishing, then the consumer draining, a backlog.
+
+    The consumer's RSS is its process tree's: on Flink that includes the job
+    server's JVM (the embedded Flink), which the consumer starts and stops.
+    """
     result = PipelineResult()
-    name = "backlog"
     folder = scratch.folder(name)
     with stack.mongo(folder) as server, stack.workers() as started:
-        settings = scratch.settings(name, mongo_uri=server.uri)
+        settings = scratch.settings(name, mongo_uri=server.uri, **(overrides or {}))
         inserts = settings.with_overrides(
             rate=math.inf, events=backlog, insert_ratio=1.0, update_ratio=0.0, delete_ratio=0.0
         )
@@ -260,7 +308,7 @@ def backlog_memory(
 
         consumer = stack.start_worker("consumer", "consume", settings, logs)
         started.append(consumer)
-        sampler = RssSampler(consumer.pid).start()
+        sampler = RssSampler(consumer.pid, tree=True).start()
         consumer.wait_ready()
         began = time.monotonic()
         meter = stack.CpuMeter({"consumer": consumer.pid})
@@ -276,6 +324,10 @@ def backlog_memory(
         result.notes["consumer_backlog_cpu_us_per_msg"] = round(cpu["consumer"] / expected * 1e6, 1)
         result.notes["consumer_backlog_mean_batch"] = _mean_batch(consumer)
         result.figures["consumer_peak_rss_mb"] = sampler.stop()
+        if sampler.peak_by_process:
+            result.notes["consumer_peak_rss_by_process_mb"] = {
+                name: round(mb) for name, mb in sampler.peak_by_process.items()
+            }
         result.notes["consumer_backlog_msgs_per_s"] = expected / (time.monotonic() - began)
         consumer.terminate(timeout=30.0)
     return result

@@ -87,7 +87,19 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("speedup_vs_naive", "pipeline ÷ naive design", "ratio"),
     ("producer_peak_rss_mb", "producer peak RSS, publishing the backlog", "MB"),
     ("consumer_peak_rss_mb", "consumer peak RSS, draining the backlog", "MB"),
+    ("flink_e2e_events_per_s", "Flink: first write → last row loaded (checkpoint 1 s)", "events/s"),
+    ("flink_e2e_vs_inprocess", "Flink ÷ in-process, end to end", "ratio"),
+    ("flink_freshness_p50_s_ckpt1s", "Flink freshness p50, checkpoint 1 s", "s"),
+    ("flink_freshness_p99_s_ckpt1s", "Flink freshness p99, checkpoint 1 s", "s"),
+    ("flink_freshness_p99_ckpt1s_vs_inprocess", "Flink ÷ in-process, p99, checkpoint 1 s", "ratio"),
+    ("flink_freshness_p50_s_ckpt5s", "Flink freshness p50, checkpoint 5 s", "s"),
+    ("flink_freshness_p99_s_ckpt5s", "Flink freshness p99, checkpoint 5 s", "s"),
+    ("flink_freshness_p99_ckpt5s_vs_inprocess", "Flink ÷ in-process, p99, checkpoint 5 s", "ratio"),
+    ("flink_consumer_peak_rss_mb", "Flink consumer peak RSS (Python + JVM), backlog", "MB"),
+    ("flink_consumer_rss_vs_inprocess", "Flink ÷ in-process, consumer peak RSS", "ratio"),
 )
+
+FLINK_KEYS = tuple(key for key, _, _ in ROWS if key.startswith("flink_"))
 
 
 def derive(figures: dict[str, float], notes: dict[str, Any]) -> None:
@@ -162,7 +174,8 @@ def document(
     elapsed_s: float,
 ) -> dict[str, Any]:
     """The JSON written to ``bench/results/``: flat figures first, then context."""
-    missing = [key for key in REQUIRED_KEYS if key not in figures]
+    required = (*REQUIRED_KEYS, *(FLINK_KEYS if workload.get("flink") else ()))
+    missing = [key for key in required if key not in figures]
     if missing:
         raise KeyError(f"figures missing: {', '.join(missing)}")
     doc: dict[str, Any] = {key: round(value, 4) for key, value in figures.items()}

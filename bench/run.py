@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import pika.exceptions
 from rich.console import Console
 
-from bench import naive, pipeline, raw, report, stack
+from bench import flink, naive, pipeline, raw, report, stack
 from bench.profiling import Profiler, find_py_spy
 from bench.stack import BenchError, Scratch
 from cdcflow.errors import ServiceUnavailable
@@ -68,6 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", type=Path, help="attach py-spy; write stacks to this folder")
     parser.add_argument("--py-spy", help="the py-spy executable (default: from PATH)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data and logs")
+    parser.add_argument(
+        "--no-flink", action="store_true", help="skip the Flink runner's figures (no Java here)"
+    )
     parser.add_argument(
         "--amqp-url",
         help="a running broker to measure on (default: CDCFLOW_AMQP_URL, else a private "
@@ -162,12 +165,29 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         )
         figures.update(backlog.figures)
         notes.update(backlog.notes)
+        if not args.no_flink:
+            on_flink = _phase(
+                console,
+                scratch,
+                "the same on Flink (checkpoints every 1 s, then 5 s)",
+                lambda: flink.run(
+                    scratch,
+                    events=load.events,
+                    rate=load.rate,
+                    freshness_s=load.freshness_s,
+                    backlog=load.backlog,
+                    attach=attach,
+                ),
+            )
+            figures.update(on_flink.figures)
+            notes.update(on_flink.notes)
     notes["loadavg_end"] = _loadavg()
     report.derive(figures, notes)
+    flink.derive(figures)
     doc = report.document(
         figures,
         notes,
-        workload={**load.__dict__, "quick": bool(args.quick)},
+        workload={**load.__dict__, "quick": bool(args.quick), "flink": not args.no_flink},
         machine_info=report.machine(rabbitmq),
         started=started_at,
         elapsed_s=time.monotonic() - started,

@@ -162,10 +162,16 @@ def mongo(folder: Path) -> Iterator[localstack.MongoServer]:
 
 
 class RssSampler:
-    """Samples a process's resident memory from /proc in a thread; keeps the peak."""
+    """Samples a process's resident memory from /proc in a thread; keeps the peak.
 
-    def __init__(self, pid: int, interval_s: float = 0.05) -> None:
+    ``tree``: the process and its descendants together (a consumer and the Flink
+    job server it runs), summed per sample; ``peak_by_process`` keeps each one's.
+    """
+
+    def __init__(self, pid: int, interval_s: float = 0.05, *, tree: bool = False) -> None:
         self.pid = pid
+        self.tree = tree
+        self.peak_by_process: dict[str, float] = {}
         self.interval_s = interval_s
         self.peak_mb = 0.0
         self.samples = 0
@@ -179,6 +185,12 @@ class RssSampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             rss = localstack.process_rss_mb(self.pid)
+            if self.tree and rss > 0:
+                for child in descendants(self.pid):
+                    child_rss = localstack.process_rss_mb(child)
+                    name = _command_name(child)
+                    self.peak_by_process[name] = max(self.peak_by_process.get(name, 0), child_rss)
+                    rss += child_rss
             if rss > 0:
                 self.samples += 1
                 self.peak_mb = max(self.peak_mb, rss)
@@ -188,6 +200,32 @@ class RssSampler:
         self._stop.set()
         self._thread.join(2.0)
         return self.peak_mb
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, their children ...), from /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            parents.setdefault(parent, []).append(int(entry.name))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found.extend(children)
+        todo.extend(children)
+    return found
+
+
+def _command_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
 
 
 _TICKS = os.sysconf("SC_CLK_TCK")

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import zipfile
 from pathlib import Path
 
+import apache_beam
 import pytest
 
 from cdcflow.config import Runner, Settings
-from cdcflow.consumer.pipeline import IN_PROCESS_RUNNER, build_pipeline, pipeline_options
+from cdcflow.consumer import flink
+from cdcflow.consumer.pipeline import (
+    FLINK_MAX_BUNDLE_MS,
+    IN_PROCESS_RUNNER,
+    build_pipeline,
+    pipeline_options,
+)
 from cdcflow.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_in_process_runner_ignores_this_process_argv(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -18,43 +31,77 @@ def test_in_process_runner_ignores_this_process_argv(monkeypatch: pytest.MonkeyP
     assert not options["streaming"]
 
 
-def test_flink_runs_streaming_with_checkpoints_so_bundles_are_finalized(tmp_path: Path) -> None:
-    jar = tmp_path / "beam-runners-flink-1.20-job-server-2.77.0.jar"
-    jar.write_bytes(b"jar")
-    settings = Settings(
-        runner=Runner.flink,
-        flink_job_server_jar=jar,
-        checkpointing_interval_ms=7000,
-        parallelism=3,
+def test_flink_runs_streaming_with_checkpoints_so_bundles_are_finalized(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("sys.argv", ["cdcflow", "consume", "--runner=DataflowRunner"])
+    settings = Settings(runner=Runner.flink, checkpointing_interval_ms=7000, parallelism=3)
+    # checkpointing_interval and max_bundle_time_mills belong to the Java runner: at
+    # submission the job server describes them to the SDK, so here they are unknown.
+    options = pipeline_options(settings, "127.0.0.1:4711").get_all_options(
+        retain_unknown_options=True
     )
-    # checkpointing_interval belongs to the Java runner: at submission the job server
-    # describes its options to the SDK, so here it reads as an unknown option.
-    options = pipeline_options(settings).get_all_options(retain_unknown_options=True)
-    assert options["runner"] == "FlinkRunner"
+    assert options["runner"] == "PortableRunner"
+    assert options["job_endpoint"] == "127.0.0.1:4711"
     assert options["streaming"] is True
     assert int(options["checkpointing_interval"]) == 7000
+    assert int(options["max_bundle_time_mills"]) == FLINK_MAX_BUNDLE_MS
     assert options["parallelism"] == 3
-    assert options["flink_master"] == "[local]"
-    assert options["flink_job_server_jar"] == str(jar)
     assert options["environment_type"] == "LOOPBACK"
 
 
-def test_flink_without_a_job_server_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="CDCFLOW_FLINK_JOB_SERVER_JAR"):
+def test_flink_options_need_the_job_server_cdcflow_started() -> None:
+    with pytest.raises(ConfigError, match="job server"):
         pipeline_options(Settings(runner=Runner.flink))
-    jar = tmp_path / "job-server.jar"
-    jar.write_bytes(b"jar")
-    settings = Settings(runner=Runner.flink, flink_job_server_jar=jar)
-    jar.unlink()  # removed after start-up validation
-    with pytest.raises(ConfigError, match="not found"):
-        pipeline_options(settings)
 
 
-def test_flink_against_a_cluster_needs_no_local_jar() -> None:
-    options = pipeline_options(
-        Settings(runner=Runner.flink, flink_master="flink-jobmanager:8081")
-    ).get_all_options()
-    assert options["flink_master"] == "flink-jobmanager:8081"
+def _jar(path: Path, version: str | None) -> Path:
+    manifest = "Manifest-Version: 1.0\n"
+    if version is not None:
+        manifest += f"Implementation-Version: {version}\n"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("META-INF/MANIFEST.MF", manifest)
+    return path
+
+
+def test_a_missing_job_server_says_to_run_make_flink(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
+    with pytest.raises(ConfigError, match="make flink"):
+        flink.find_jar(Settings(runner=Runner.flink))
+    with pytest.raises(ConfigError, match="CDCFLOW_FLINK_JOB_SERVER_JAR"):
+        flink.find_jar(Settings(runner=Runner.flink, flink_job_server_jar=tmp_path / "no.jar"))
+
+
+def test_the_job_server_must_be_the_sdks_beam_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = _jar(tmp_path / "other.jar", "2.77.0")
+    with pytest.raises(ConfigError, match=r"Beam 2\.77\.0.*must match"):
+        flink.find_jar(Settings(runner=Runner.flink, flink_job_server_jar=other))
+    same = _jar(tmp_path / "same.jar", apache_beam.__version__)
+    assert flink.find_jar(Settings(runner=Runner.flink, flink_job_server_jar=same)) == same
+    cached = flink.cache_dir().relative_to(Path.home() / ".cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    (tmp_path / cached).mkdir(parents=True)
+    default = _jar(tmp_path / cached / flink.JAR_NAME, apache_beam.__version__)
+    assert flink.find_jar(Settings(runner=Runner.flink)) == default
+    not_a_jar = tmp_path / "text.jar"
+    not_a_jar.write_text("hello")
+    with pytest.raises(ConfigError, match="not a readable jar"):
+        flink.find_jar(Settings(runner=Runner.flink, flink_job_server_jar=not_a_jar))
+
+
+def test_flink_prefetch_covers_the_rate_over_a_checkpoint_interval() -> None:
+    assert Settings().effective_prefetch == 2000
+    settings = Settings(runner=Runner.flink, consume_rate=2000, checkpointing_interval_ms=5000)
+    # acks come one checkpoint (plus the bundle in flight) after the read
+    assert settings.effective_prefetch >= 2000 * 6
+    shorter = settings.with_overrides(checkpointing_interval_ms=1000)
+    assert 2000 * 2 <= shorter.effective_prefetch < settings.effective_prefetch
+    assert Settings(runner=Runner.flink, consume_rate=1e6).effective_prefetch == 65535
+    assert Settings(runner=Runner.flink, prefetch=300).effective_prefetch == 300
 
 
 def test_the_pipeline_is_one_chain_from_source_to_dead_letters() -> None:
@@ -66,3 +113,41 @@ def test_the_pipeline_is_one_chain_from_source_to_dead_letters() -> None:
         "WriteToClickHouse",
         "PublishDeadLetters",
     ]
+
+
+def _path_without(tmp_path: Path, *missing: str) -> str:
+    """A PATH with the tools flink-setup.sh uses, minus ``missing``."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    tools = ["bash", "sed", "awk", "sort", "find", "wc", "du", "cut", "sha256sum", "mktemp"]
+    tools += ["cp", "mv", "rm", "mkdir", "date", "dirname", "cat", "head", "tail", "xargs"]
+    for tool in [*tools, "java", "mvn"]:
+        found = shutil.which(tool)
+        if found and tool not in missing:
+            (bin_dir / tool).symlink_to(found)
+    return str(bin_dir)
+
+
+@pytest.mark.parametrize(
+    ("missing", "message"),
+    [(("java", "mvn"), "java not found"), (("mvn",), "mvn not found")],
+)
+def test_flink_setup_says_what_to_install(
+    tmp_path: Path, missing: tuple[str, ...], message: str
+) -> None:
+    if "java" not in missing and shutil.which("java") is None:
+        pytest.skip("java is not installed here")
+    env = {**os.environ, "PATH": _path_without(tmp_path, *missing)}
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")  # nothing fetched: mvn is needed
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "flink-setup.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert message in done.stderr
+    assert "apt-get install" in done.stderr
+    assert not (tmp_path / "cache" / "cdcflow" / "flink" / "2.62.0").exists()

@@ -226,6 +226,9 @@ def consume(
     max_messages: Annotated[int | None, _opt("max_messages", "--max-messages")] = None,
     batch_size: Annotated[int | None, _opt("batch_max_messages", "--batch-size")] = None,
     prefetch: Annotated[int | None, _opt("prefetch", "--prefetch")] = None,
+    checkpoint_ms: Annotated[
+        int | None, _opt("checkpointing_interval_ms", "--checkpoint-interval-ms")
+    ] = None,
     collection: Collection = None,
     amqp_url: AmqpUrl = None,
     exchange: Exchange = None,
@@ -242,6 +245,7 @@ def consume(
         max_messages=max_messages,
         batch_max_messages=batch_size,
         prefetch=prefetch,
+        checkpointing_interval_ms=checkpoint_ms,
         mongo_collection=collection,
         amqp_url=amqp_url,
         exchange=exchange,
@@ -333,6 +337,7 @@ def demo(
     seed: Seed = None,
     data_dir: Annotated[Path | None, _opt("data_dir", "--data-dir")] = None,
     amqp_url: AmqpUrl = None,
+    runner: Annotated[Runner | None, _opt("runner", "--runner")] = None,
     log_level: LogLevel = None,
 ) -> None:
     """Run everything locally: nx-27017, RabbitMQ, producer, Beam consumer, chdb; verify; report.
@@ -350,6 +355,7 @@ def demo(
         seed=seed,
         data_dir=data_dir,
         amqp_url=amqp_url,
+        runner=runner,
         log_level=log_level,
     )
     broker_configured = "amqp_url" in settings.model_fields_set

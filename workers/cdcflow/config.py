@@ -13,6 +13,7 @@ local RabbitMQ, Beam's in-process runner and an embedded ClickHouse (chdb) under
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import uuid
@@ -37,7 +38,7 @@ class Runner(StrEnum):
     """Beam runners the consumer knows how to configure."""
 
     inprocess = "inprocess"  # Beam's FnApiRunner: local demo and tests
-    flink = "flink"  # portable Flink runner: Kubernetes
+    flink = "flink"  # portable Flink runner (embedded or a cluster): see docs/runners.md
 
 
 class LogFormat(StrEnum):
@@ -237,8 +238,22 @@ class ProducerSettings(Section):
 class ConsumerSettings(Section):
     """The Beam pipeline: runner, bundles, stop conditions."""
 
-    runner: Runner = Field(Runner.inprocess, description="Beam runner: inprocess or flink.")
-    prefetch: int = Field(2000, ge=1, le=65535, description="RabbitMQ consumer prefetch (QoS).")
+    runner: Runner = Field(
+        Runner.inprocess,
+        description="Beam runner: inprocess (FnApiRunner) or flink (embedded Flink; `make flink`).",
+    )
+    prefetch: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="RabbitMQ consumer prefetch (QoS). Default: 2000 in-process; on Flink, "
+        "consume_rate x (checkpoint interval + 1 s) + a batch, since acks wait for checkpoints.",
+    )
+    consume_rate: float = Field(
+        4000.0,
+        gt=0,
+        description="Messages/s the Flink consumer must sustain; sizes its default prefetch.",
+    )
     batch_max_messages: int = Field(
         1000, ge=1, description="Messages per bundle (one warehouse insert)."
     )
@@ -251,15 +266,33 @@ class ConsumerSettings(Section):
     max_messages: int | None = Field(
         None, ge=1, description="Stop the consumer after this many messages (demo, tests)."
     )
-    flink_master: str = Field("[local]", description="Flink master for --runner flink.")
-    flink_version: str = Field("1.20", description="Flink version of the job server.")
+    flink_master: str = Field(
+        "[local]", description="Flink master for --runner flink: [local] embeds Flink."
+    )
+    flink_version: str = Field("1.19", description="Flink version of the job server.")
     flink_job_server_jar: Path | None = Field(
-        None, description="Beam Flink job-server jar (images ship it; nothing is downloaded)."
+        None,
+        description="Beam Flink job-server jar; default: the one `make flink` puts in "
+        "~/.cache/cdcflow/flink (nothing is downloaded at run time).",
+    )
+    flink_job_server_heap_mb: int = Field(
+        1024, ge=256, description="Java heap of the Flink job server (embedded Flink)."
     )
     checkpointing_interval_ms: int = Field(
         5000, ge=1000, description="Flink checkpoint interval; acks happen after checkpoints."
     )
     parallelism: int = Field(1, ge=1, description="Competing RabbitMQ consumers per pipeline.")
+
+    @property
+    def effective_prefetch(self) -> int:
+        """The prefetch the consumer asks for (see the ``prefetch`` field)."""
+        if self.prefetch is not None:
+            return self.prefetch
+        if self.runner is Runner.flink:
+            between_acks_s = self.checkpointing_interval_ms / 1000 + 1
+            needed = math.ceil(self.consume_rate * between_acks_s) + self.batch_max_messages
+            return min(65535, max(2000, needed))
+        return 2000
 
 
 class SimulatorSettings(Section):

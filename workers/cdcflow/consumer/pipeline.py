@@ -12,14 +12,16 @@ and dead letters are durable.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.pipeline import Pipeline
 
 from cdcflow import broker, metrics
 from cdcflow.config import Runner, Settings
@@ -61,46 +63,49 @@ def _shorten_state_sampling() -> None:
         initializer.__defaults__ = (STATE_SAMPLING_MS,)
 
 
-def pipeline_options(settings: Settings) -> PipelineOptions:
-    """Runner options. Flink acks only after checkpoints, so checkpointing is on."""
+FLINK_MAX_BUNDLE_MS = 50
+"""How long Flink keeps a bundle open. The source's bundle is one batch (it
+self-checkpoints after each), but Flink closes a bundle only on its own timer:
+at Flink's default (1 s) every batch would wait out the second."""
+
+
+def pipeline_options(settings: Settings, job_endpoint: str | None = None) -> PipelineOptions:
+    """Runner options. Flink acks only after checkpoints, so checkpointing is on.
+
+    ``job_endpoint``: the job server cdcflow started (:mod:`cdcflow.consumer.flink`).
+    """
     if settings.runner is Runner.inprocess:
         # flags=[]: never parse this process's own argv as Beam options.
         return PipelineOptions(
             flags=[], runner=IN_PROCESS_RUNNER, streaming=False, save_main_session=False
         )
+    if job_endpoint is None:
+        raise ConfigError("--runner flink needs a job server: run the consumer with run_consumer")
     args = [
-        "--runner=FlinkRunner",
-        f"--flink_master={settings.flink_master}",
-        f"--flink_version={settings.flink_version}",
+        "--runner=PortableRunner",
+        f"--job_endpoint={job_endpoint}",
+        "--environment_type=LOOPBACK",
         "--streaming",
+        # Bundle finalization (the ack) runs after a completed checkpoint, and only
+        # in streaming mode with checkpointing on: without it nothing is ever acked.
         f"--checkpointing_interval={settings.checkpointing_interval_ms}",
         f"--parallelism={settings.parallelism}",
-        "--environment_type=LOOPBACK",
-        # Prefetch must cover what arrives between two checkpoints, or the source
-        # starves waiting for acks that only come after the next checkpoint.
-        "--experiments=beam_fn_api",
+        f"--max_bundle_time_mills={FLINK_MAX_BUNDLE_MS}",
+        "--job_name=cdcflow-consumer",
+        # LOOPBACK runs the SDK harness here: nothing to install, so no `pip freeze`
+        # (a uv-made environment has no pip, and Beam warns twice per submission).
+        "--experiments=disable_logging_submission_environment",
     ]
-    if settings.flink_job_server_jar is not None:
-        if not settings.flink_job_server_jar.exists():
-            raise ConfigError(
-                f"Flink job-server jar {settings.flink_job_server_jar} not found: the consumer "
-                "image ships it; locally use --runner inprocess"
-            )
-        args.append(f"--flink_job_server_jar={settings.flink_job_server_jar}")
-    elif settings.flink_master == "[local]":
-        raise ConfigError(
-            "--runner flink with an embedded Flink needs CDCFLOW_FLINK_JOB_SERVER_JAR "
-            "(nothing is downloaded at run time); locally use --runner inprocess"
-        )
-    return PipelineOptions(args)
+    # flags=args only: never parse this process's own argv as Beam options.
+    return PipelineOptions(flags=args)
 
 
-def build_pipeline(settings: Settings, options: PipelineOptions | None = None) -> beam.Pipeline:
+def build_pipeline(settings: Settings, options: PipelineOptions | None = None) -> Pipeline:
     """The consumer pipeline (not yet run)."""
     if settings.runner is Runner.inprocess:
         _shorten_state_sampling()
-    pipeline = beam.Pipeline(options=options or pipeline_options(settings))
-    consumers = settings.parallelism if settings.runner is Runner.inprocess else 1
+    pipeline = Pipeline(options=options or pipeline_options(settings))
+    consumers = settings.parallelism
     (
         pipeline
         | "ReadFromRabbitMQ" >> ReadFromRabbitMQ(settings, consumers=consumers)
@@ -189,14 +194,20 @@ def run_consumer(settings: Settings, *, health: Health | None = None) -> Consume
     abandoned = False
     try:
         log.info(
-            "consuming %s (runner %s, batch %d, prefetch %d)",
+            "consuming %s (runner %s, batch %d, prefetch %d%s)",
             settings.queue_name,
             settings.runner.value,
             settings.batch_max_messages,
-            settings.prefetch,
+            settings.effective_prefetch,
+            f", checkpoint every {settings.checkpointing_interval_ms} ms"
+            if settings.runner is Runner.flink
+            else "",
             extra={"stage": "consumer"},
         )
-        build_pipeline(settings).run().wait_until_finish()
+        if settings.runner is Runner.flink:
+            abandoned = _run_on_flink(settings)
+        else:
+            build_pipeline(settings).run().wait_until_finish()
     except Exception as error:
         if not runtime.STOP.is_set():
             raise
@@ -211,3 +222,108 @@ def run_consumer(settings: Settings, *, health: Health | None = None) -> Consume
         runtime.close_all()
         watcher.join(5)
     return ConsumerResult(time.monotonic() - started, abandoned, counters())
+
+
+_TERMINAL = {"DONE", "FAILED", "CANCELLED", "UPDATED", "DRAINED"}
+
+
+def _run_on_flink(settings: Settings) -> bool:
+    """Run the pipeline on an embedded Flink until a stop condition; True if abandoned.
+
+    A streaming Flink job never ends by itself (its impulse source stays up so that
+    checkpoints go on), so this watches the source instead: once every restriction
+    has ended (``--idle-exit``, ``--max-messages``, SIGTERM), it waits for the acks
+    of the last bundles (they come with the next completed checkpoint), cancels the
+    job and stops the job server. A failed bundle makes Flink restart the job from
+    its last checkpoint (the unacked messages come again); ``FAILED`` means Flink
+    gave up, and is raised.
+    """
+    from cdcflow.consumer.flink import JobServer
+
+    _check_flink_prefetch(settings)
+    server = JobServer(settings).start()
+    result: Any = None
+    try:
+        result = build_pipeline(settings, pipeline_options(settings, server.endpoint)).run()
+        log.info(
+            "Flink job submitted to the job server at %s (pid %s)",
+            server.endpoint,
+            server.pid,
+            extra={"stage": "consumer"},
+        )
+        state = str(result.state)
+        while state not in _TERMINAL:
+            if runtime.finished_slots() >= settings.parallelism or runtime.STOP.is_set():
+                break
+            time.sleep(0.25)
+            state = str(result.state)
+        if state in _TERMINAL:
+            result = None
+            if state != "DONE":
+                raise RuntimeError(f"the Flink job ended {state}; see {server.log_file}")
+            return False
+        # Every restriction ended, or SIGTERM: the last bundles' acks come with the
+        # next completed checkpoint. Two intervals and a margin, then cancel anyway
+        # (what is not acked by then is delivered again: a duplicate, not a loss).
+        grace_s = 2 * settings.checkpointing_interval_ms / 1000 + 5
+        if not runtime.wait_for_acks(grace_s):
+            log.warning(
+                "%d batches not acked %.0f s after the source stopped; they will be redelivered",
+                runtime.pending_acks(),
+                grace_s,
+                extra={"stage": "consumer"},
+            )
+        return runtime.STOP.is_set() and runtime.pending_acks() > 0
+    finally:
+        with _quiet_harness_shutdown():
+            if result is not None:
+                with contextlib.suppress(Exception):  # the job server may be gone already
+                    result.cancel()
+                    _wait_terminal(result, timeout=15.0)
+            server.stop()  # whoever starts the job server stops it
+
+
+def _wait_terminal(result: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while str(result.state) not in _TERMINAL and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def _quiet_harness_shutdown() -> Iterator[None]:
+    """Cancelling the job closes the SDK harness's gRPC streams under it: its threads
+    then log and raise "Socket closed" errors that mean nothing. Mute those (Beam's
+    worker loggers and its harness threads' uncaught exceptions) from the cancel on;
+    anything else still reaches the log."""
+    worker_log = logging.getLogger("apache_beam.runners.worker")
+    level = worker_log.level
+    previous_hook = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if "grpc" in type(args.exc_value).__module__ or "Rendezvous" in repr(args.exc_type):
+            return
+        previous_hook(args)
+
+    worker_log.setLevel(logging.CRITICAL)
+    threading.excepthook = hook
+    try:
+        yield
+        time.sleep(0.5)  # the harness threads fail within moments of the server's end
+    finally:
+        worker_log.setLevel(level)
+        threading.excepthook = previous_hook
+
+
+def _check_flink_prefetch(settings: Settings) -> None:
+    """Warn when the prefetch caps the throughput: acks only come after checkpoints."""
+    between_acks_s = settings.checkpointing_interval_ms / 1000 + 1
+    cap = settings.effective_prefetch / between_acks_s
+    if cap < settings.consume_rate:
+        log.warning(
+            "prefetch %d with a checkpoint every %.1f s caps this consumer at about %.0f "
+            "messages/s (acks come after checkpoints); raise CDCFLOW_PREFETCH or leave it unset",
+            settings.effective_prefetch,
+            settings.checkpointing_interval_ms / 1000,
+            cap,
+            extra={"stage": "consumer"},
+        )

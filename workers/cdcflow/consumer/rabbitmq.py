@@ -102,7 +102,7 @@ class RabbitConsumer:
     def __init__(self, settings: Settings, *, name: str = "consumer") -> None:
         self.settings = settings
         self.name = name
-        self._deliveries: queue.Queue[Delivery] = queue.Queue()
+        self._deliveries: queue.Queue[Delivery] = queue.Queue()  # bounded by the prefetch
         self._stop = threading.Event()
         self._connected = threading.Event()
         self._epoch = 0
@@ -172,20 +172,37 @@ class RabbitConsumer:
             tags_by_epoch.setdefault(delivery.epoch, []).append(delivery.tag)
         self._call_on_io_thread(lambda: self._ack_now(tags_by_epoch))
 
-    def _ack_now(self, tags_by_epoch: dict[int, list[int]]) -> None:
+    def requeue(self, deliveries: Sequence[Delivery]) -> None:
+        """Hand deliveries back to the broker unacknowledged (thread safe): it delivers
+        them again, marked redelivered (the quorum queue's delivery limit counts it)."""
+        if not deliveries:
+            return
+        tags_by_epoch: dict[int, list[int]] = {}
+        for delivery in deliveries:
+            tags_by_epoch.setdefault(delivery.epoch, []).append(delivery.tag)
+        self._call_on_io_thread(lambda: self._ack_now(tags_by_epoch, requeue=True))
+
+    def _ack_now(self, tags_by_epoch: dict[int, list[int]], *, requeue: bool = False) -> None:
         channel = self._channel
         for epoch, tags in tags_by_epoch.items():
             if epoch != self._epoch or channel is None or not channel.is_open:
-                log.warning(
-                    "skipping ack of %d messages from a closed channel: the broker "
-                    "redelivers them (duplicates collapse in the warehouse)",
-                    len(tags),
-                    extra={"stage": "consumer", "count": len(tags)},
-                )
+                if not requeue:  # a closed channel has requeued them already
+                    log.warning(
+                        "skipping ack of %d messages from a closed channel: the broker "
+                        "redelivers them (duplicates collapse in the warehouse)",
+                        len(tags),
+                        extra={"stage": "consumer", "count": len(tags)},
+                    )
                 continue
+            # The ledger tracks settled tags (acked or requeued): either way a later
+            # multiple-ack must not reach past what is still outstanding.
             for tag, multiple in self._ledger.plan(tags):
-                channel.basic_ack(tag, multiple=multiple)
-            metrics.MESSAGES_ACKED.inc(len(tags))
+                if requeue:
+                    channel.basic_nack(tag, multiple=multiple, requeue=True)
+                else:
+                    channel.basic_ack(tag, multiple=multiple)
+            if not requeue:
+                metrics.MESSAGES_ACKED.inc(len(tags))
 
     def publish(self, messages: Sequence[OutgoingMessage], timeout: float = 30.0) -> None:
         """Publish with confirms on the I/O thread; returns once the broker has them all.
@@ -228,7 +245,7 @@ class RabbitConsumer:
     def _open(self) -> None:
         connection = broker.connect(self.settings)
         channel = connection.channel()
-        channel.basic_qos(prefetch_count=self.settings.prefetch)
+        channel.basic_qos(prefetch_count=self.settings.effective_prefetch)
         publish_channel = connection.channel()
         publish_channel.confirm_delivery()
         self._epoch += 1

@@ -5,6 +5,14 @@ each other. The source, the sink and the dead-letter step of one pipeline run in
 one fused stage of one worker process, so they meet here instead: the source
 registers its RabbitMQ connection under a key that travels with each batch, and
 a SIGTERM handler sets :data:`STOP` for all of them.
+
+Connections belong to the *restriction* (one competing consumer), not to a DoFn
+instance (:class:`Slot`). Beam's SDK worker keeps a bundle's DoFn instances aside
+until the bundle is finalized, and on Flink that is after the next checkpoint:
+meanwhile the next bundle of the same restriction runs on fresh instances. A
+connection per instance would strand its prefetched messages in an instance that
+may never run again (what stalled the first Flink runs); a connection per
+restriction hands them to whichever instance runs next.
 """
 
 from __future__ import annotations
@@ -24,12 +32,74 @@ STOP = threading.Event()
 """Set on SIGTERM: sources stop taking messages, retry loops give up."""
 
 _consumers: dict[str, RabbitConsumer] = {}
+_slots: dict[str, Slot] = {}
 _lock = threading.Lock()
+_pending_acks = 0
+_acks_changed = threading.Condition(_lock)
 
 
 class Abandoned(RuntimeError):
     """A batch given up because the process is stopping; it was not acked, so the
     broker delivers it again to the next consumer."""
+
+
+class Slot:
+    """One competing consumer: its connection and its progress, shared by every DoFn
+    instance that runs its restriction (see the module docstring)."""
+
+    def __init__(self, key: str, now: Callable[[], float] = time.monotonic) -> None:
+        self.key = key
+        self.consumer: RabbitConsumer | None = None
+        self.taken = 0
+        self.last_message_at = now()
+        self.finished = False
+
+
+def slot(key: str) -> Slot:
+    """The slot named ``key`` (created on first use, kept until :func:`close_all`)."""
+    with _lock:
+        found = _slots.get(key)
+        if found is None:
+            found = _slots[key] = Slot(key)
+        return found
+
+
+def finished_slots() -> int:
+    """How many restrictions have ended (a stop condition was met)."""
+    with _lock:
+        return sum(1 for each in _slots.values() if each.finished)
+
+
+def ack_registered(count: int = 1) -> None:
+    """A bundle registered an ack to run on finalization."""
+    global _pending_acks
+    with _acks_changed:
+        _pending_acks += count
+
+
+def ack_done(count: int = 1) -> None:
+    """A registered ack ran (or was given up)."""
+    global _pending_acks
+    with _acks_changed:
+        _pending_acks = max(0, _pending_acks - count)
+        _acks_changed.notify_all()
+
+
+def pending_acks() -> int:
+    with _lock:
+        return _pending_acks
+
+
+def wait_for_acks(timeout: float) -> bool:
+    """Wait until every registered ack ran; False if some are still pending."""
+    deadline = time.monotonic() + timeout
+    with _acks_changed:
+        while _pending_acks > 0:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            _acks_changed.wait(remaining)
+        return True
 
 
 def register(key: str, consumer: RabbitConsumer) -> None:
@@ -54,9 +124,13 @@ def lookup(key: str) -> RabbitConsumer:
 
 
 def close_all() -> None:
+    """Close every connection and forget every slot (the end of a consumer run)."""
+    global _pending_acks
     with _lock:
         consumers = list(_consumers.items())
         _consumers.clear()
+        _slots.clear()
+        _pending_acks = 0
     for _, consumer in consumers:
         consumer.close()
 

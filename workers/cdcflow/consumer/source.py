@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -146,34 +147,42 @@ class _LeaseProvider(RestrictionProvider):
 
 
 class _ReadQueueFn(beam.DoFn):
-    def __init__(self, settings: Settings, now: Callable[[], float] = time.monotonic) -> None:
+    """Reads one batch per bundle for the restriction of each input element.
+
+    The connection and the stop-condition counters live in the element's
+    :class:`~cdcflow.consumer.runtime.Slot`, not in this instance: the SDK worker
+    runs the next bundle of a restriction on other instances while this one
+    awaits its finalization (on Flink, until the next checkpoint).
+    """
+
+    def __init__(
+        self, settings: Settings, run: str, now: Callable[[], float] = time.monotonic
+    ) -> None:
         self._settings = settings
+        self._run = run
         self._now = now
-        self._consumer: RabbitConsumer | None = None
-        self._key = ""
-        self._taken = 0
-        self._last_message_at = 0.0
+        self._unfinalized: list[_AckOnFinalize] = []
 
     def setup(self) -> None:
-        self._consumer = None
-        self._key = f"rabbitmq-{uuid.uuid4().hex[:12]}"
-        self._taken = 0
-        self._last_message_at = self._now()
+        self._unfinalized = []
 
-    def _open(self) -> RabbitConsumer:
-        if self._consumer is None:
-            self._consumer = RabbitConsumer(self._settings, name=self._key).start()
-            runtime.register(self._key, self._consumer)
-        return self._consumer
+    def _slot(self, element: Any) -> runtime.Slot:
+        return runtime.slot(f"rabbitmq-{self._run}-{element}")
 
-    def _should_stop(self) -> bool:
+    def _open(self, slot: runtime.Slot) -> RabbitConsumer:
+        if slot.consumer is None:
+            slot.consumer = RabbitConsumer(self._settings, name=slot.key).start()
+            runtime.register(slot.key, slot.consumer)
+        return slot.consumer
+
+    def _should_stop(self, slot: runtime.Slot) -> bool:
         settings = self._settings
         if runtime.STOP.is_set():
             return True
-        if settings.max_messages is not None and self._taken >= settings.max_messages:
-            log.info("read %d messages: stopping (--max-messages)", self._taken)
+        if settings.max_messages is not None and slot.taken >= settings.max_messages:
+            log.info("read %d messages: stopping (--max-messages)", slot.taken)
             return True
-        idle = self._now() - self._last_message_at
+        idle = self._now() - slot.last_message_at
         if settings.idle_exit_s is not None and idle >= settings.idle_exit_s:
             log.info("no message for %.1f s: stopping (--idle-exit)", idle)
             return True
@@ -191,37 +200,45 @@ class _ReadQueueFn(beam.DoFn):
     ) -> Iterator[Any]:
         # The finalizer param comes before the restriction params: Beam's SDF
         # invoker requires that order.
-        if self._should_stop() or not tracker.try_claim(0):
-            _finish(tracker)
+        slot = self._slot(element)
+        self._unfinalized = [ack for ack in self._unfinalized if ack.pending]
+        if self._should_stop(slot) or not tracker.try_claim(0):
+            _finish(tracker, slot)
             return
-        consumer = self._open()
+        consumer = self._open(slot)
         settings = self._settings
         limit = settings.batch_max_messages
         if settings.max_messages is not None:
-            limit = max(1, min(limit, settings.max_messages - self._taken))
+            limit = max(1, min(limit, settings.max_messages - slot.taken))
         deliveries = consumer.take(limit, settings.batch_max_s)
         now = Timestamp.now()
         watermark.set_watermark(now)
         if deliveries:
-            self._taken += len(deliveries)
-            self._last_message_at = self._now()
+            slot.taken += len(deliveries)
+            slot.last_message_at = self._now()
             metrics.MESSAGES_CONSUMED.inc(len(deliveries))
             metrics.BATCH_SIZE.observe(len(deliveries))
-            bundle_finalizer.register(_AckOnFinalize(consumer, deliveries))
-            yield TimestampedValue(ConsumedBatch(self._key, deliveries), now)
-        if self._should_stop():
-            _finish(tracker)
+            ack = _AckOnFinalize(consumer, deliveries)
+            self._unfinalized.append(ack)
+            bundle_finalizer.register(ack)
+            yield TimestampedValue(ConsumedBatch(slot.key, deliveries), now)
+        if self._should_stop(slot):
+            _finish(tracker, slot)
         else:
             tracker.defer_remainder(Duration(seconds=0 if deliveries else IDLE_DEFER_S))
 
     def teardown(self) -> None:
-        if self._consumer is not None:
-            runtime.unregister(self._key)
-            self._consumer.close()
-            self._consumer = None
+        """The SDK worker tears an instance down when its bundle failed (or at the end):
+        hand back what it read and never acked, so the broker delivers it again now
+        rather than when the connection closes (on Flink the job restarts in this
+        process, and the connection lives on)."""
+        for ack in self._unfinalized:
+            ack.requeue()
+        self._unfinalized = []
 
 
-def _finish(tracker: Any) -> None:
+def _finish(tracker: Any, slot: runtime.Slot) -> None:
+    slot.finished = True
     inner = tracker
     for attribute in ("_threadsafe_restriction_tracker", "_restriction_tracker"):
         inner = getattr(inner, attribute, inner)
@@ -232,19 +249,51 @@ def _finish(tracker: Any) -> None:
 
 
 class _AckOnFinalize:
-    """Bundle finalization callback: the batch is durable, ack it (idempotent)."""
+    """Bundle finalization callback: the batch is durable, ack it (idempotent).
+
+    Counted in :func:`runtime.pending_acks` from registration until it runs, so a
+    stopping consumer can wait for the acks of its last bundles (on Flink they
+    come with the next completed checkpoint).
+    """
 
     def __init__(self, consumer: RabbitConsumer, deliveries: list[Delivery]) -> None:
         self._consumer = consumer
         self._deliveries: list[Delivery] | None = deliveries
+        self._lock = threading.Lock()
+        runtime.ack_registered()
+
+    @property
+    def pending(self) -> bool:
+        return self._deliveries is not None
+
+    def _take(self) -> list[Delivery] | None:
+        with self._lock:
+            deliveries, self._deliveries = self._deliveries, None
+        if deliveries is not None:
+            runtime.ack_done()
+        return deliveries
 
     def __call__(self) -> None:
-        deliveries, self._deliveries = self._deliveries, None
+        deliveries = self._take()
         if deliveries:
             try:
                 self._consumer.ack(deliveries)
             except Exception:  # the connection is gone: the broker redelivers them
                 log.warning("could not ack %d messages; they will be redelivered", len(deliveries))
+
+    def requeue(self) -> None:
+        """The bundle will never be finalized: give its messages back (never acked)."""
+        deliveries = self._take()
+        if deliveries:
+            try:
+                self._consumer.requeue(deliveries)
+                log.info(
+                    "bundle not finalized: %d messages handed back for redelivery",
+                    len(deliveries),
+                    extra={"stage": "consumer", "count": len(deliveries)},
+                )
+            except Exception:  # the connection is gone: the broker redelivers them anyway
+                pass
 
 
 class ReadFromRabbitMQ(beam.PTransform[Any, Any]):
@@ -256,10 +305,12 @@ class ReadFromRabbitMQ(beam.PTransform[Any, Any]):
             raise ValueError("consumers must be at least 1")
         self._settings = settings
         self._consumers = consumers
+        self._run = uuid.uuid4().hex[:12]  # names this pipeline's slots in runtime
 
     def expand(self, pbegin: Any) -> Any:
         return (
             pbegin
             | "Consumers" >> beam.Create(list(range(self._consumers)))
-            | "Read" >> beam.ParDo(_ReadQueueFn(self._settings)).with_output_types(ConsumedBatch)
+            | "Read"
+            >> beam.ParDo(_ReadQueueFn(self._settings, self._run)).with_output_types(ConsumedBatch)
         )

@@ -1,0 +1,261 @@
+"""The consumer on Beam's portable Flink runner (embedded Flink, LOOPBACK), for real.
+
+Real RabbitMQ, nx-27017 and chdb; the job server is the one ``make flink`` fetched.
+Each Flink start costs tens of seconds (a JVM, a Flink mini cluster, the job), so
+these are slow tests; CI runs them (``make test``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from cdcflow.config import Runner, Settings
+from cdcflow.consumer import flink
+from cdcflow.consumer.pipeline import run_consumer
+from cdcflow.consumer.rabbitmq import Delivery, RabbitConsumer
+from cdcflow.simulator import Simulator
+from cdcflow.verify import verify
+from cdcflow.warehouse.client import Warehouse
+from tests.pipeline_support import Pipeline, wait_for
+from tests.support import depths, nx_change, publish
+
+pytestmark = [pytest.mark.slow, pytest.mark.flink]
+
+
+@pytest.fixture(autouse=True)
+def _job_server_fetched() -> None:
+    jar = flink.cache_dir() / flink.JAR_NAME
+    if not jar.is_file():
+        pytest.fail(f"{jar} missing: run `make flink` first (make test does)")
+
+
+@pytest.fixture
+def flink_settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings(
+        runner=Runner.flink,
+        checkpointing_interval_ms=1000,
+        idle_exit_s=4,
+        batch_max_messages=250,
+    )
+
+
+def _current(settings: Settings) -> dict[str, dict[str, Any]]:
+    with Warehouse(settings) as warehouse:
+        table = warehouse.arrow(f"SELECT doc_id, watched_time FROM {warehouse.qualified}_current")
+    return {row["doc_id"]: row for row in table.to_pylist()}
+
+
+def _java_children(pid: int) -> list[int]:
+    """Java processes whose parent is ``pid`` (the consumer's job server)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == pid and command and command[0].endswith(b"java"):
+            found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    return state != "Z"
+
+
+def test_poison_is_dead_lettered_and_its_batch_loads_on_flink(flink_settings: Settings) -> None:
+    settings = flink_settings
+    collection = settings.mongo_collection
+    good = [nx_change(n, collection, f"doc-{n}", "insert", watched_time=n) for n in range(1, 201)]
+    poison: list[Any] = [
+        b"{broken json",
+        nx_change(300, collection, "bad-1", "insert", total_video_time=0),
+    ]
+    # One batch holds good and poison messages together.
+    publish(settings, good[:100] + poison + good[100:])
+    result = run_consumer(settings)
+    assert not result.abandoned
+    assert set(_current(settings)) == {f"doc-{n}" for n in range(1, 201)}
+    assert depths(settings) == (0, 2)
+    assert result.counters["dead_lettered"] == 2
+    assert result.counters["acked"] == result.counters["consumed"] == 202
+
+
+def _checkpoints(log_file: Path) -> list[float]:
+    """Epoch seconds of every 'Completed checkpoint' line of the job server's log."""
+    times = []
+    for line in log_file.read_text(errors="replace").splitlines():
+        match = re.match(r"(\S+) .*Completed checkpoint \d+ for job", line)
+        if match:
+            times.append(dt.datetime.fromisoformat(match.group(1)).timestamp())
+    return times
+
+
+def test_nothing_is_acked_before_a_checkpoint_completed(
+    flink_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Acks come only with checkpoint completions, each after its batch was loaded.
+
+    Spies (the real methods still run) note when each document was loaded and when
+    each message was acked; the job server's log says when checkpoints completed.
+    The first checkpoint completes twenty seconds after the job starts, after the
+    five batches were loaded: acking at the end of a bundle instead of in its
+    finalization acks them before it and fails this test.
+
+    Beam's portable Flink runner finalizes, on each checkpoint completion, every
+    bundle finished before the notification reached the task, including bundles
+    finished after that checkpoint's barrier (docs/runners.md): so an ack follows
+    *a* completed checkpoint and its own load, not necessarily a checkpoint that
+    began after the load.
+    """
+    settings = flink_settings.with_overrides(
+        checkpointing_interval_ms=20_000, batch_max_messages=100, idle_exit_s=5
+    )
+    loaded_at: dict[str, float] = {}
+    acks: list[tuple[float, list[str]]] = []
+    real_insert, real_ack = Warehouse.insert, RabbitConsumer.ack
+
+    def insert(self: Warehouse, rows: Any) -> None:
+        real_insert(self, rows)
+        now = time.time()
+        for doc_id in rows.column("doc_id").to_pylist():
+            loaded_at[doc_id] = now
+
+    def ack(self: RabbitConsumer, deliveries: list[Delivery]) -> None:
+        acks.append((time.time(), [orjson.loads(d.body)["id"] for d in deliveries]))
+        real_ack(self, deliveries)
+
+    monkeypatch.setattr(Warehouse, "insert", insert)
+    monkeypatch.setattr(RabbitConsumer, "ack", ack)
+    collection = settings.mongo_collection
+    publish(settings, [nx_change(n, collection, f"d{n}", "insert") for n in range(1, 501)])
+    result = run_consumer(settings)
+
+    logs = list((settings.data_dir / "logs").glob("flink-job-server-*.log"))
+    assert len(logs) == 1
+    checkpoints = _checkpoints(logs[0])
+    assert checkpoints, logs[0].read_text()[-2000:]
+    assert len(acks) >= 2  # several batches, each acked on its own finalization
+    assert sorted(doc for _, docs in acks for doc in docs) == sorted(loaded_at)
+    assert len(loaded_at) == 500 and result.counters["acked"] == 500
+    first_checkpoint = min(checkpoints)
+    for acked_at, docs in acks:
+        loaded = max(loaded_at[doc] for doc in docs)
+        assert loaded < acked_at
+        assert acked_at >= first_checkpoint, (
+            f"acked at {acked_at:.3f}, before the first checkpoint ({first_checkpoint:.3f})"
+        )
+    assert depths(settings) == (0, 0)
+
+
+@pytest.fixture
+def pipeline_settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings(
+        runner=Runner.flink,
+        checkpointing_interval_ms=1000,
+        rate=600,
+        events=4000,
+        bad_ratio=0.02,
+        seed=17,
+        write_batch=200,
+        batch_max_messages=300,
+    )
+
+
+@pytest.fixture
+def pipeline(pipeline_settings: Settings, tmp_path: Path) -> Iterator[Pipeline]:
+    with Pipeline(pipeline_settings, tmp_path / "run") as running:
+        yield running
+
+
+def _no_duplicates(settings: Settings) -> int:
+    """Documents with more than one row in what analysts read (FINAL)."""
+    with Warehouse(settings) as warehouse:
+        table = warehouse.arrow(
+            f"SELECT doc_id, count() AS n FROM {warehouse.qualified} FINAL "
+            "GROUP BY doc_id HAVING n > 1"
+        )
+    return int(table.num_rows)
+
+
+def test_end_to_end_on_flink_verifies_equal_and_stops_cleanly(
+    pipeline: Pipeline, pipeline_settings: Settings
+) -> None:
+    settings = pipeline_settings
+    pipeline.start()
+    consumer_pid = pipeline.consumer.process.process.pid
+    wait_for(lambda: bool(_java_children(consumer_pid)), 60, "the job server to start")
+    (job_server,) = _java_children(consumer_pid)
+    stats = Simulator(settings, run_tag="flink-e2e").run()
+    assert stats.bad > 0
+    pipeline.wait_producer_caught_up()
+    wait_for(lambda: depths(settings)[0] == 0, 180, "the queue to drain")
+    published = pipeline.producer.metrics().value("cdcflow_events_published_total")
+    wait_for(
+        lambda: pipeline.consumer.metrics().value("cdcflow_messages_acked_total") >= published,
+        60,
+        "every message to be acked (after checkpoints)",
+    )
+    # SIGTERM: the consumer stops its job and its job server, and exits 0.
+    code, _ = pipeline.consumer.terminate(timeout=60)
+    assert code == 0, pipeline.consumer.tail()
+    assert not _alive(job_server), "the Flink job server outlived its consumer"
+    exits = pipeline.drain_and_stop()
+    assert exits["producer"][0] == 0
+    report = verify(settings)
+    assert report.equal, report.summary() + str(report.examples)
+    assert report.duplicates == 0 and _no_duplicates(settings) == 0
+    assert depths(settings)[1] > 0  # the bad share was dead-lettered, not lost
+
+
+def test_consumer_killed_mid_stream_on_flink_loses_nothing_and_duplicates_nothing(
+    pipeline: Pipeline, pipeline_settings: Settings
+) -> None:
+    settings = pipeline_settings.with_overrides(events=6000, rate=700)
+    pipeline.start()
+    done = threading.Event()
+
+    def simulate() -> None:
+        Simulator(settings, run_tag="flink-kill").run()
+        done.set()
+
+    writer = threading.Thread(target=simulate, daemon=True)
+    writer.start()
+    wait_for(
+        lambda: pipeline.consumer.metrics().value("cdcflow_rows_loaded_total") > 1000,
+        180,
+        "the Flink consumer to load rows",
+    )
+    consumer_pid = pipeline.consumer.process.process.pid
+    (job_server,) = _java_children(consumer_pid)
+    pipeline.consumer.process.process.send_signal(signal.SIGKILL)
+    pipeline.consumer.process.process.wait(10)
+    # The job server dies with its consumer (PR_SET_PDEATHSIG), even on SIGKILL.
+    wait_for(lambda: not _alive(job_server), 30, "the orphaned job server to exit")
+    pipeline.consumer.start()
+    writer.join(300)
+    assert done.is_set()
+    pipeline.drain_and_stop()
+    report = verify(settings)
+    assert report.lost == 0, report.summary() + str(report.examples)
+    assert report.duplicates == 0 and _no_duplicates(settings) == 0
+    assert report.equal, report.summary() + str(report.examples)
