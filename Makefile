@@ -16,7 +16,8 @@ PYTEST_ARGS ?=
 export UV_PYTHON_DOWNLOADS := never
 export UV_LINK_MODE := copy
 
-.PHONY: install demo test lint unit integration chaos bench clean help prometheus rabbitmq generate
+.PHONY: install demo test lint unit integration chaos bench clean help prometheus rabbitmq generate \
+	engine engine-down images containers
 
 help:
 	@echo "make demo   - local end-to-end demo (EVENTS=$(EVENTS) RATE=$(RATE) BAD=$(BAD))"
@@ -25,6 +26,8 @@ help:
 	@echo "make chaos  - the chaos suite alone"
 	@echo "make bench  - benchmarks (QUICK=1 for a short run)"
 	@echo "make generate - rewrite the generated files (dashboards, alert rules, tables)"
+	@echo "make engine / engine-down - a private Docker daemon (prints export DOCKER_HOST=...)"
+	@echo "make images - build the container images (IMAGES=\"workers operator ...\" TAG=...)"
 
 $(UV):
 	@command -v $(PYTHON) >/dev/null || { echo "cdcflow needs Python 3.11 ($(PYTHON) not found)"; exit 1; }
@@ -80,3 +83,18 @@ bench: install rabbitmq
 
 clean:
 	rm -rf .cdcflow .pytest_cache .mypy_cache .ruff_cache
+
+# A private Docker daemon in the cache (root; installs docker.io from Debian when
+# missing), never touching the host's network. `eval "$$(make -s engine)"` sets DOCKER_HOST.
+engine:
+	@bash scripts/engine/up.sh
+
+engine-down:
+	@bash scripts/engine/down.sh
+
+# Every image (your docker/podman when there is one, else the private engine).
+images:
+	@bash scripts/engine/images.sh
+
+containers: install
+	scripts/pytest.sh tests/containers $(PYTEST_ARGS)
