@@ -46,7 +46,10 @@ LABEL org.opencontainers.image.title="cdcflow-workers" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.created="${CREATED}"
-RUN useradd --uid 10001 --user-group --create-home --shell /usr/sbin/nologin cdcflow
+# /var/lib/cdcflow: where an embedded warehouse (chdb) or other state goes; owned by the
+# user so a fresh named volume mounted there is writable.
+RUN useradd --uid 10001 --user-group --create-home --shell /usr/sbin/nologin cdcflow \
+    && mkdir -p /var/lib/cdcflow && chown 10001:10001 /var/lib/cdcflow
 COPY --from=build /app/.venv /app/.venv
 ENV PATH=/app/.venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
