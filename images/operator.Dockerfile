@@ -29,6 +29,16 @@ RUN --mount=type=secret,id=cacert --mount=type=cache,target=/root/.cache \
     && /opt/uv/bin/uv sync --locked --no-dev --no-editable
 
 FROM python
+RUN useradd --uid 10001 --user-group --create-home --shell /usr/sbin/nologin cdcflow
+COPY --from=build /app/.venv /app/.venv
+ENV PATH=/app/.venv/bin:$PATH PYTHONUNBUFFERED=1
+USER 10001:10001
+WORKDIR /home/cdcflow
+# kopf's liveness endpoint and the operator's metrics
+EXPOSE 8080
+ENTRYPOINT ["cdcflow-operator"]
+CMD ["--help"]
+# Labels last: a new revision or date changes only metadata, no layer is rebuilt.
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 ARG CREATED=unknown
@@ -39,12 +49,3 @@ LABEL org.opencontainers.image.title="cdcflow-operator" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.created="${CREATED}"
-RUN useradd --uid 10001 --user-group --create-home --shell /usr/sbin/nologin cdcflow
-COPY --from=build /app/.venv /app/.venv
-ENV PATH=/app/.venv/bin:$PATH PYTHONUNBUFFERED=1
-USER 10001:10001
-WORKDIR /home/cdcflow
-# kopf's liveness endpoint and the operator's metrics
-EXPOSE 8080
-ENTRYPOINT ["cdcflow-operator"]
-CMD ["--help"]

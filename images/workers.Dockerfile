@@ -36,16 +36,6 @@ RUN --mount=type=secret,id=cacert --mount=type=cache,target=/root/.cache \
     && /opt/uv/bin/uv sync --locked --no-dev --no-editable ${EXTRAS}
 
 FROM python
-ARG VERSION=0.1.0
-ARG REVISION=unknown
-ARG CREATED=unknown
-LABEL org.opencontainers.image.title="cdcflow-workers" \
-      org.opencontainers.image.description="cdcflow data plane: simulator, producer, in-process Beam consumer, verify" \
-      org.opencontainers.image.source="https://github.com/cdcflow/cdcflow" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${REVISION}" \
-      org.opencontainers.image.created="${CREATED}"
 # /var/lib/cdcflow: where an embedded warehouse (chdb) or other state goes; owned by the
 # user so a fresh named volume mounted there is writable.
 RUN useradd --uid 10001 --user-group --create-home --shell /usr/sbin/nologin cdcflow \
@@ -61,3 +51,14 @@ WORKDIR /home/cdcflow
 EXPOSE 9464 9465
 ENTRYPOINT ["cdcflow"]
 CMD ["--help"]
+# Labels last: a new revision or date changes only metadata, no layer is rebuilt.
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG CREATED=unknown
+LABEL org.opencontainers.image.title="cdcflow-workers" \
+      org.opencontainers.image.description="cdcflow data plane: simulator, producer, in-process Beam consumer, verify" \
+      org.opencontainers.image.source="https://github.com/cdcflow/cdcflow" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}"

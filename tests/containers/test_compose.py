@@ -7,7 +7,6 @@ free ports."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -44,12 +43,12 @@ def test_compose_up_moves_the_workload_and_down_leaves_nothing(
         "EVENTS": str(EVENTS),
         "RATE": "300",
         "IDLE_EXIT": "20",
-        # docker-compose 1.29 talks to the daemon itself; the engine's client path too.
-        "PATH": f"{os.path.dirname(engine.docker)}:{os.environ['PATH']}",
     }
     base = [compose, "-f", "docker-compose.yaml", "-f", "docker-compose.test.yaml", "-p", project]
 
-    def run(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    def run(
+        *args: str, check: bool = True, timeout: float = 600
+    ) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
             [*base, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
         )
@@ -59,7 +58,8 @@ def test_compose_up_moves_the_workload_and_down_leaves_nothing(
 
     started = time.monotonic()
     try:
-        run("up", "-d", "--no-build", "mongodb", "rabbitmq", "clickhouse", "producer", "consumer", "simulator")
+        services = ("mongodb", "rabbitmq", "clickhouse", "producer", "consumer", "simulator")
+        run("up", "-d", "--no-build", *services)
         # The simulator stops after EVENTS events; the consumer after IDLE_EXIT idle seconds.
         for service in ("simulator", "consumer"):
             cid = run("ps", "-q", service).stdout.strip()

@@ -8,6 +8,7 @@ import json
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 
 import pymongo
 import pytest
@@ -46,8 +47,16 @@ def test_workers_image_has_no_ca_bundle_of_the_build_machine(
     """The CA bundle is a build secret: nothing under /run/secrets is left in an image."""
     for name in ("workers", "operator", "nx27017"):
         done = engine.run(
-            "run", "--rm", "--network", "none", "--entrypoint", "ls", images[name],
-            "-A", "/run/secrets", check=False,
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--entrypoint",
+            "ls",
+            images[name],
+            "-A",
+            "/run/secrets",
+            check=False,
         )
         assert done.stdout.strip() == "", f"{name}: /run/secrets holds {done.stdout}"
 
@@ -60,13 +69,21 @@ def test_operator_image_is_the_light_core(engine: Engine, images: dict[str, str]
         "print('light')\n"
     )
     done = engine.run(
-        "run", "--rm", "--network", "none", "--entrypoint", "python3", images["operator"],
-        "-c", code,
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--entrypoint",
+        "python3",
+        images["operator"],
+        "-c",
+        code,
     )
     assert done.stdout.strip() == "light"
 
 
-def wait_for(check, what: str, timeout: float = 120) -> None:  # type: ignore[no-untyped-def]
+def wait_for(check: Callable[[], bool], what: str, timeout: float = 120) -> None:
+    """Poll CHECK until it returns True (a starting service raises or returns False)."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
@@ -83,10 +100,25 @@ def test_rabbitmq_image_answers_management_api(engine: Engine, images: dict[str,
     ports = [free_port() for _ in range(4)]
     name = f"cdcflow-test-rmq-{uuid.uuid4().hex[:8]}"
     engine.run(
-        "run", "-d", "--rm", "--name", name, "--network", "host",
-        "-e", "RABBITMQ_BIND=127.0.0.1", "-e", f"RABBITMQ_NODENAME={name}@localhost",
-        "-e", f"RABBITMQ_NODE_PORT={ports[0]}", "-e", f"RABBITMQ_MANAGEMENT_PORT={ports[1]}",
-        "-e", f"RABBITMQ_DIST_PORT={ports[2]}", "-e", f"ERL_EPMD_PORT={ports[3]}",
+        "run",
+        "-d",
+        "--rm",
+        "--name",
+        name,
+        "--network",
+        "host",
+        "-e",
+        "RABBITMQ_BIND=127.0.0.1",
+        "-e",
+        f"RABBITMQ_NODENAME={name}@localhost",
+        "-e",
+        f"RABBITMQ_NODE_PORT={ports[0]}",
+        "-e",
+        f"RABBITMQ_MANAGEMENT_PORT={ports[1]}",
+        "-e",
+        f"RABBITMQ_DIST_PORT={ports[2]}",
+        "-e",
+        f"ERL_EPMD_PORT={ports[3]}",
         images["rabbitmq"],
     )
     try:
@@ -107,8 +139,16 @@ def test_nx27017_image_speaks_mongodb(engine: Engine, images: dict[str, str]) ->
     port = free_port()
     name = f"cdcflow-test-nx-{uuid.uuid4().hex[:8]}"
     engine.run(
-        "run", "-d", "--rm", "--name", name, "--network", "host",
-        "-e", f"NX_PORT={port}", images["nx27017"],
+        "run",
+        "-d",
+        "--rm",
+        "--name",
+        name,
+        "--network",
+        "host",
+        "-e",
+        f"NX_PORT={port}",
+        images["nx27017"],
     )
     try:
         client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(

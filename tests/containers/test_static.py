@@ -13,9 +13,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILES = sorted((REPO / "images").glob("*.Dockerfile"))
-SCRIPTS = sorted(
-    [*(REPO / "scripts" / "engine").glob("*.sh"), *(REPO / "images").rglob("*.sh")]
-)
+SCRIPTS = sorted([*(REPO / "scripts" / "engine").glob("*.sh"), *(REPO / "images").rglob("*.sh")])
 
 
 def test_there_are_dockerfiles_and_scripts() -> None:
