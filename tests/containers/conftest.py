@@ -59,15 +59,20 @@ def engine() -> Iterator[Engine]:
         done = subprocess.run(
             ["bash", str(ENGINE / "up.sh")], capture_output=True, text=True, timeout=900
         )
+        # Stop at the end only a daemon this session started (one already running is reused).
+        started = "starting dockerd" in done.stderr
         assert done.returncode == 0, f"make engine failed:\n{done.stderr}"
         exports = [ln for ln in done.stdout.splitlines() if ln.startswith("export DOCKER_HOST=")]
         assert exports, f"make engine printed no DOCKER_HOST:\n{done.stdout}"
         env["DOCKER_HOST"] = exports[-1].split("=", 1)[1]
         docker = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else "docker"
     else:
+        started = False
         docker = shutil.which("docker") or "docker"
     env["DOCKER_BUILDKIT"] = "1"
     yield Engine(docker=docker, env=env)
+    if started:
+        subprocess.run(["bash", str(ENGINE / "down.sh")], check=False, timeout=120)
 
 
 @pytest.fixture(scope="session")
