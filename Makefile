@@ -16,7 +16,8 @@ PYTEST_ARGS ?=
 export UV_PYTHON_DOWNLOADS := never
 export UV_LINK_MODE := copy
 
-.PHONY: install demo test lint unit integration chaos bench clean help prometheus rabbitmq generate cluster-build cluster cluster-down flink
+.PHONY: install demo test lint unit integration chaos bench clean help prometheus rabbitmq generate cluster-build cluster cluster-down flink \
+	engine engine-down images containers
 
 help:
 	@echo "make demo   - local end-to-end demo (EVENTS=$(EVENTS) RATE=$(RATE) BAD=$(BAD))"
@@ -29,6 +30,8 @@ help:
 	@echo "make cluster-down  - stop it"
 	@echo "make cluster-build - build its pinned binaries once (~20 min the first time; make test does it)"
 	@echo "make flink  - fetch and check the Flink job server (Java 17 + Maven; cached)"
+	@echo "make engine / engine-down - a private Docker daemon (prints export DOCKER_HOST=...)"
+	@echo "make images - build the container images (IMAGES=\"workers operator ...\" TAG=...)"
 
 $(UV):
 	@command -v $(PYTHON) >/dev/null || { echo "cdcflow needs Python 3.11 ($(PYTHON) not found)"; exit 1; }
@@ -101,3 +104,18 @@ bench: install rabbitmq flink
 
 clean:
 	rm -rf .cdcflow .pytest_cache .mypy_cache .ruff_cache
+
+# A private Docker daemon in the cache (root; installs docker.io from Debian when
+# missing), never touching the host's network. `eval "$$(make -s engine)"` sets DOCKER_HOST.
+engine:
+	@bash scripts/engine/up.sh
+
+engine-down:
+	@bash scripts/engine/down.sh
+
+# Every image (your docker/podman when there is one, else the private engine).
+images:
+	@bash scripts/engine/images.sh
+
+containers: install
+	scripts/pytest.sh tests/containers $(PYTEST_ARGS)

@@ -1,0 +1,98 @@
+"""Static checks of the container files: every Dockerfile ends as a non-root user, every
+base is pinned by digest (through the BASE build argument's default), and the engine and
+image shell scripts pass shellcheck."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKERFILES = sorted((REPO / "images").glob("*.Dockerfile"))
+SCRIPTS = sorted([*(REPO / "scripts" / "engine").glob("*.sh"), *(REPO / "images").rglob("*.sh")])
+
+
+def test_there_are_dockerfiles_and_scripts() -> None:
+    names = {p.name for p in DOCKERFILES}
+    assert {"workers.Dockerfile", "operator.Dockerfile", "rabbitmq.Dockerfile"} <= names
+    assert any(p.name == "up.sh" for p in SCRIPTS)
+
+
+def instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", path.read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_final_stage_runs_as_non_root(path: Path) -> None:
+    steps = instructions(path)
+    last_from = max(i for i, (word, _) in enumerate(steps) if word == "FROM")
+    users = [rest for word, rest in steps[last_from:] if word == "USER"]
+    assert users, f"{path.name}: the final stage sets no USER (it would run as root)"
+    user = users[-1].split(":")[0]
+    assert user not in {"root", "0"}, f"{path.name}: final USER is {users[-1]}"
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_every_base_is_pinned_by_digest(path: Path) -> None:
+    steps = instructions(path)
+    args = {}
+    for word, rest in steps:
+        if word == "ARG" and "=" in rest:
+            key, _, value = rest.partition("=")
+            args[key] = value.strip('"')
+    stages: set[str] = set()
+    for word, rest in steps:
+        if word != "FROM":
+            continue
+        parts = rest.split()
+        image = parts[0]
+        if image in stages:
+            continue  # an earlier stage of this file
+        resolved = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), ""), image)
+        assert re.search(r"@sha256:[0-9a-f]{64}$", resolved), (
+            f"{path.name}: FROM {image} resolves to {resolved!r}, not pinned by digest"
+        )
+        if len(parts) == 3 and parts[1].upper() == "AS":
+            stages.add(parts[2])
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_oci_labels_declared(path: Path) -> None:
+    text = path.read_text()
+    for key in ("title", "source", "version", "licenses"):
+        assert f"org.opencontainers.image.{key}=" in text, f"{path.name} lacks {key}"
+
+
+def test_ca_bundle_enters_builds_only_as_a_secret() -> None:
+    for path in DOCKERFILES:
+        for word, rest in instructions(path):
+            assert "ca-certificates.crt" not in rest, f"{path.name}: {word} {rest}"
+            if word in {"COPY", "ADD"}:
+                assert "cert" not in rest.lower(), f"{path.name}: {word} {rest}"
+
+
+def test_shell_scripts_pass_shellcheck() -> None:
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        done = subprocess.run(
+            ["apt-get", "install", "-y", "shellcheck"], capture_output=True, text=True
+        )
+        shellcheck = shutil.which("shellcheck")
+        if shellcheck is None:
+            pytest.skip(f"shellcheck cannot be installed here: {done.stderr.strip()[-300:]}")
+    done = subprocess.run(
+        [shellcheck, "-x", *map(str, SCRIPTS)], cwd=REPO, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout
