@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 export UV_PYTHON_DOWNLOADS := never
 export UV_LINK_MODE := copy
 
-.PHONY: install demo test lint unit integration chaos bench clean help prometheus rabbitmq
+.PHONY: install demo test lint unit integration chaos bench clean help prometheus rabbitmq cluster-build cluster cluster-down
 
 help:
 	@echo "make demo   - local end-to-end demo (EVENTS=$(EVENTS) RATE=$(RATE) BAD=$(BAD))"
@@ -24,6 +24,9 @@ help:
 	@echo "make lint   - ruff and mypy only"
 	@echo "make chaos  - the chaos suite alone"
 	@echo "make bench  - benchmarks (QUICK=1 for a short run)"
+	@echo "make cluster       - start a local Kubernetes control plane (kwok nodes); prints export KUBECONFIG=..."
+	@echo "make cluster-down  - stop it"
+	@echo "make cluster-build - build its pinned binaries once (~20 min the first time; make test does it)"
 
 $(UV):
 	@command -v $(PYTHON) >/dev/null || { echo "cdcflow needs Python 3.11 ($(PYTHON) not found)"; exit 1; }
@@ -44,7 +47,7 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint prometheus rabbitmq
+test: lint prometheus rabbitmq cluster-build
 	scripts/pytest.sh tests $(PYTEST_ARGS)
 
 # Real Prometheus/promtool for the alert-rule and scrape tests (Debian package;
@@ -65,6 +68,17 @@ integration: install rabbitmq
 
 chaos: install rabbitmq
 	scripts/pytest.sh tests/chaos -s $(PYTEST_ARGS)
+
+# The local Kubernetes control plane (docs/testing.md): binaries built once per machine
+# and version into ~/.cache/cdcflow/k8s/<version>/ (seconds when already there).
+cluster-build:
+	@nice -n 10 scripts/cluster/build.sh
+
+cluster: cluster-build
+	@scripts/cluster/start.sh
+
+cluster-down:
+	@scripts/cluster/stop.sh
 
 bench: install rabbitmq
 	$(BIN)/python -m bench $(if $(QUICK),--quick,)
