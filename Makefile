@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 export UV_PYTHON_DOWNLOADS := never
 export UV_LINK_MODE := copy
 
-.PHONY: install demo test lint unit integration chaos bench clean help prometheus rabbitmq cluster-build cluster cluster-down
+.PHONY: install demo test lint unit integration chaos bench clean help prometheus rabbitmq cluster-build cluster cluster-down crds
 
 help:
 	@echo "make demo   - local end-to-end demo (EVENTS=$(EVENTS) RATE=$(RATE) BAD=$(BAD))"
@@ -82,6 +82,10 @@ cluster-down:
 
 bench: install rabbitmq
 	$(BIN)/python -m bench $(if $(QUICK),--quick,)
+
+# The Pipeline CRD, generated from the operator's model (a test checks it is current).
+crds: install
+	$(BIN)/cdcflow-operator crd --write
 
 clean:
 	rm -rf .cdcflow .pytest_cache .mypy_cache .ruff_cache

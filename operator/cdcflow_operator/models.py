@@ -126,16 +126,13 @@ def embedded(
         to_section(self)
         return self
 
-    model = create_model(  # type: ignore[call-overload]
-        name,
-        __base__=Model,
-        __doc__=section.__doc__,
-        __validators__={"_check_section": model_validator(mode="after")(_check)},
-        **fields,
+    validators: dict[str, Any] = {"_check_section": model_validator(mode="after")(_check)}
+    model: type[Model] = create_model(
+        name, __base__=Model, __doc__=section.__doc__, __validators__=validators, **fields
     )
-    model.to_section = to_section
-    model.section = section
-    return model  # type: ignore[no-any-return]
+    setattr(model, "to_section", to_section)  # noqa: B010  (a method added to a built model)
+    setattr(model, "section", section)  # noqa: B010
+    return model
 
 
 # --- source ----------------------------------------------------------------------------

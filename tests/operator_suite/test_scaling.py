@@ -65,7 +65,9 @@ def test_ceil_depth_over_target_within_bounds(current: int, ready: int, expected
 
 
 def test_min_replicas_is_a_floor() -> None:
-    assert decide(3, read(0), spec(min_replicas=2, scale_down_stabilization_seconds=0)).replicas == 2
+    assert (
+        decide(3, read(0), spec(min_replicas=2, scale_down_stabilization_seconds=0)).replicas == 2
+    )
 
 
 def test_activation_threshold_keeps_zero_until_exceeded() -> None:
@@ -76,7 +78,7 @@ def test_activation_threshold_keeps_zero_until_exceeded() -> None:
     assert woken.reason == "ScaledUp"
 
 
-def test_scale_down_waits_for_the_highest_recommendation_in_the_window() -> None:
+def test_scale_down_waits_for_the_highest_in_the_window() -> None:
     policy = spec(scale_down_stabilization_seconds=300)
     first = decide(1, read(800), policy)
     assert first.replicas == 8
@@ -197,9 +199,9 @@ policies = st.builds(
 readings = st.builds(
     read, st.integers(0, 200_000), st.integers(0, 5000), st.none() | st.floats(0, 1e5)
 )
-histories = st.lists(
-    st.tuples(st.floats(NOW - 600, NOW), st.integers(0, 30)), max_size=20
-).map(lambda recs: History(recommendations=tuple(sorted(recs))))
+histories = st.lists(st.tuples(st.floats(NOW - 600, NOW), st.integers(0, 30)), max_size=20).map(
+    lambda recs: History(recommendations=tuple(sorted(recs)))
+)
 
 
 @settings(max_examples=300, deadline=None)
