@@ -209,8 +209,9 @@ def render() -> str:
     return HEADER + yaml.dump(build_crd(), Dumper=_Dumper, sort_keys=False, width=100)
 
 
-def write(path: Path = CRD_PATH) -> bool:
+def write(path: Path | None = None) -> bool:
     """Write the CRD if it changed; True when the file was (re)written."""
+    path = path or CRD_PATH
     text = render()
     if path.exists() and path.read_text() == text:
         return False
