@@ -109,7 +109,7 @@ def test_deletion_policy_sets_claim_retention() -> None:
     policy = "persistentVolumeClaimRetentionPolicy"
     assert kept["StatefulSetdefaults-rabbitmq"]["spec"][policy]["whenDeleted"] == "Retain"
     assert gone["StatefulSetthree-node-broker-rabbitmq"]["spec"][policy]["whenDeleted"] == "Delete"
-    chdb = [m for m in children("embedded-chdb") if m["kind"] == "PersistentVolumeClaim"][0]
+    chdb = next(m for m in children("embedded-chdb") if m["kind"] == "PersistentVolumeClaim")
     assert "ownerReferences" not in chdb["metadata"]  # Retain: the volume outlives the Pipeline
 
 
