@@ -37,6 +37,8 @@ def drift(desired: Any, live: Any, path: str = "") -> str | None:
     Subset semantics: ``live`` may have more keys (server defaults, status, other
     managers' fields); lists must match element by element.
     """
+    if desired in ({}, []) and live in (None, {}, []):
+        return None  # the server omits empty lists and maps
     if isinstance(desired, dict):
         if not isinstance(live, dict):
             return path or "."
