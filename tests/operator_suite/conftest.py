@@ -73,7 +73,11 @@ class RunningOperator:
 
 @pytest.fixture
 def run_operator(
-    operator_account: Path, k8s_namespace: str, tmp_path: Path, request: pytest.FixtureRequest
+    control_plane: ControlPlane,
+    operator_account: Path,
+    k8s_namespace: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> Iterator[Callable[[], RunningOperator]]:
     """Start the operator for the test's namespace (a callable: start it when ready)."""
     started: list[RunningOperator] = []
@@ -93,11 +97,25 @@ def run_operator(
         return running
 
     yield start
+    if started:
+        _delete_pipelines(control_plane, k8s_namespace)
     for running in started:
         running.stop()
         failed = request.node.rep_call.failed if hasattr(request.node, "rep_call") else False
         if failed:
             sys.stderr.write(f"\n--- operator log ---\n{running.tail(120)}\n")
+
+
+def _delete_pipelines(plane: ControlPlane, namespace: str) -> None:
+    """Delete the test's Pipelines while the operator still runs: kopf puts a finalizer
+    on every object with a timer, which only a running operator removes."""
+    api = plane.custom_objects()
+    api.delete_collection_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+    wait_for(
+        f"the Pipelines in {namespace} to be deleted",
+        lambda: not api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"],
+        timeout=120,
+    )
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
