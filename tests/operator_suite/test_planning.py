@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from cdcflow_operator import status
 from cdcflow_operator.planning import drift, plan
 
-DEPLOY = {
+DEPLOY: dict[str, Any] = {
     "apiVersion": "apps/v1",
     "kind": "Deployment",
     "metadata": {"name": "p-producer", "labels": {"a": "b"}},
@@ -13,8 +15,8 @@ DEPLOY = {
 }
 
 
-def live(**spec_overrides):
-    obj = {
+def live(**spec_overrides: Any) -> dict[str, Any]:
+    obj: dict[str, Any] = {
         **DEPLOY,
         "metadata": {**DEPLOY["metadata"], "uid": "u", "resourceVersion": "9"},
         "spec": {**DEPLOY["spec"], "strategy": {"type": "Recreate"}, **spec_overrides},

@@ -83,6 +83,7 @@ def selector(pipeline: str, component: str) -> dict[str, str]:
     """The labels that select one component's pods: stable for a Pipeline's life."""
     return {PIPELINE_LABEL: pipeline, INSTANCE_LABEL: pipeline, COMPONENT_LABEL: component}
 
+
 # --- metrics both planes read -----------------------------------------------------------
 # The operator reads these from the producer's /metrics for a Pipeline's status; the
 # data plane's metrics module declares them (a test checks the two agree).
