@@ -30,7 +30,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--verbose", action="store_true", help="Debug logs.")
     crd = sub.add_parser("crd", help="Print the CRD generated from the model.")
     mode = crd.add_mutually_exclusive_group()
-    mode.add_argument("--write", action="store_true", help="Write crds/pipeline.yaml if changed.")
+    mode.add_argument(
+        "--write",
+        action="store_true",
+        help="Write crds/pipeline.yaml and the spec table of docs/operator.md if changed.",
+    )
     mode.add_argument("--check", action="store_true", help="Exit 1 if crds/pipeline.yaml is stale.")
     sub.add_parser("rbac", help="Print the ClusterRole the operator needs.")
     return parser
@@ -42,8 +46,13 @@ def main(argv: list[str] | None = None) -> int:
         from cdcflow_operator import crd
 
         if args.write:
-            changed = crd.write()
-            sys.stdout.write(f"{crd.CRD_PATH}: {'written' if changed else 'up to date'}\n")
+            from cdcflow_operator import reference
+
+            for path, changed in (
+                (crd.CRD_PATH, crd.write()),
+                (reference.DOC_PATH, reference.write()),
+            ):
+                sys.stdout.write(f"{path}: {'written' if changed else 'up to date'}\n")
         elif args.check:
             if not crd.CRD_PATH.exists() or crd.CRD_PATH.read_text() != crd.render():
                 sys.stderr.write(f"{crd.CRD_PATH} is stale: run `make crds`\n")

@@ -173,7 +173,7 @@ def desired_replicas(
     )
     reason, message = "Steady", f"{depth_text}: {current} replicas suffice"
     if target < current:
-        floor = _drain_floor(reading, current, spec)
+        floor = min(_drain_floor(reading, current, spec), spec.max_replicas)
         if floor > target:
             target = floor
             reason = "DrainingBacklog"

@@ -95,3 +95,11 @@ def test_model_round_trips_camel_case() -> None:
     spec = models.PipelineSpec.model_validate(SPECS["external-everything"])
     dumped = spec.model_dump(by_alias=True, mode="json", exclude_defaults=True)
     assert models.PipelineSpec.model_validate(dumped) == spec
+
+
+def test_docs_spec_reference_matches_the_model() -> None:
+    from cdcflow_operator import reference
+
+    text = reference.DOC_PATH.read_text()
+    assert reference.updated(text) == text, "docs/operator.md is stale: run make crds"
+    assert "`spec.scaling.targetMessagesPerReplica`" in text

@@ -276,3 +276,27 @@ def test_fallback_when_reads_fail(policy: ScalingSpec, current: int, failures: i
         )
     else:
         assert (decision.replicas, decision.reason) == (current, "DepthUnknown")
+
+
+def test_the_worked_example_of_docs_operator_md() -> None:
+    """The table in docs/operator.md, step by step (the docs must match the code)."""
+    policy = ScalingSpec(
+        min_replicas=1,
+        max_replicas=10,
+        target_messages_per_replica=1000,
+        scale_down_stabilization_seconds=300,
+        max_step=4,
+    )
+    steps = [
+        (0, read(1500, 400), 2, "Steady"),
+        (15, read(8000, 2000), 6, "ScaledUp"),
+        (30, read(9000, 6000), 10, "ScaledUp"),
+        (60, read(3000, 1000, 50.0), 10, "Stabilizing"),
+        (330, read(1200, 800, 20.0), 6, "ScaledDown"),
+        (345, read(0, 0), 4, "ScaledDown"),
+    ]
+    current, history = 2, History()
+    for t, reading, replicas, reason in steps:
+        decision = decide(current, reading, policy, history, float(t))
+        assert (decision.replicas, decision.reason) == (replicas, reason), t
+        current, history = decision.replicas, decision.history
