@@ -113,7 +113,8 @@ def _drain_floor(reading: DepthReading, current: int, spec: ScalingSpec) -> int:
         return current
     per_replica = reading.ack_rate / current
     window = max(spec.scale_down_stabilization_seconds, spec.poll_interval_seconds)
-    return min(current, math.ceil(reading.depth / (per_replica * window)))
+    needed = reading.depth / (per_replica * window) if per_replica * window > 0 else math.inf
+    return current if not math.isfinite(needed) else min(current, math.ceil(needed))
 
 
 def desired_replicas(
