@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 export UV_PYTHON_DOWNLOADS := never
 export UV_LINK_MODE := copy
 
-.PHONY: install demo test lint unit integration chaos bench clean help prometheus rabbitmq cluster-build cluster cluster-down crds
+.PHONY: install demo test lint unit integration chaos bench clean help prometheus rabbitmq generate cluster-build cluster cluster-down crds
 
 help:
 	@echo "make demo   - local end-to-end demo (EVENTS=$(EVENTS) RATE=$(RATE) BAD=$(BAD))"
@@ -24,6 +24,7 @@ help:
 	@echo "make lint   - ruff and mypy only"
 	@echo "make chaos  - the chaos suite alone"
 	@echo "make bench  - benchmarks (QUICK=1 for a short run)"
+	@echo "make generate - rewrite the generated files (dashboards, alert rules, tables)"
 	@echo "make cluster       - start a local Kubernetes control plane (kwok nodes); prints export KUBECONFIG=..."
 	@echo "make cluster-down  - stop it"
 	@echo "make cluster-build - build its pinned binaries once (~20 min the first time; make test does it)"
@@ -34,7 +35,7 @@ $(UV):
 	.tools/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
 $(VENV)/.installed: $(UV) pyproject.toml uv.lock
-	$(UV) sync --locked --python $(PYTHON)
+	$(UV) sync --locked --all-extras --python $(PYTHON)
 	@touch $@
 
 install: $(VENV)/.installed
@@ -46,6 +47,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 test: lint prometheus rabbitmq cluster-build
 	scripts/pytest.sh tests $(PYTEST_ARGS)
@@ -54,6 +56,13 @@ test: lint prometheus rabbitmq cluster-build
 # prints "skipping: ..." where it cannot install, and those tests then skip).
 prometheus:
 	@bash scripts/install-prometheus.sh
+
+# Regenerate the committed generated files (dashboards, alert rules, metrics table,
+# README settings table); tests fail when they are stale.
+generate: install
+	$(BIN)/python -m cdcflow_build.dashboards --write
+	$(BIN)/python -m cdcflow.alerts --write
+	$(BIN)/python -c 'from tests.unit.test_docs import write; write()'
 
 # RabbitMQ from Debian's package when missing (as root; otherwise it says what to run).
 # Only installs: tests, the demo and the benchmarks start private nodes of their own.

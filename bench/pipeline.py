@@ -34,15 +34,22 @@ from typing import Any
 from bench import stack
 from bench.stack import BenchError, RssSampler, Scratch, Worker
 from cdcflow.config import Settings
+from cdcflow.metrics import (
+    BATCH_SIZE,
+    EVENTS_PUBLISHED,
+    LAST_LOAD_TIMESTAMP,
+    MESSAGES_ACKED,
+    sample_name,
+)
 from cdcflow.mongo import open_mongo_client
 from cdcflow.simulator import Simulator
 from cdcflow.warehouse.client import Warehouse
 
 log = logging.getLogger(__name__)
 
-ACKED = "cdcflow_messages_acked_total"
-PUBLISHED = "cdcflow_events_published_total"
-LAST_LOAD = "cdcflow_last_load_timestamp_seconds"
+ACKED = sample_name(MESSAGES_ACKED)
+PUBLISHED = sample_name(EVENTS_PUBLISHED)
+LAST_LOAD = sample_name(LAST_LOAD_TIMESTAMP)
 DRAIN_TIMEOUT_S = 300.0
 # Each poll scrapes the workers' /metrics (a few ms of their CPU): often enough to
 # notice the end, rarely enough not to weigh on what is measured. The end itself
@@ -91,8 +98,8 @@ def _meter(
 def _batches(consumer: Worker) -> tuple[float, float]:
     """(bundles, messages) the consumer has read so far."""
     scraped = consumer.scrape()
-    bundles = scraped.value("cdcflow_batch_messages_count")
-    return bundles, scraped.value("cdcflow_batch_messages_sum")
+    bundles = scraped.value(sample_name(BATCH_SIZE, "_count"))
+    return bundles, scraped.value(sample_name(BATCH_SIZE, "_sum"))
 
 
 def _mean_batch(consumer: Worker, since: tuple[float, float] = (0.0, 0.0)) -> float:

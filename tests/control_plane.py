@@ -16,7 +16,7 @@ Registered as a plugin in ``tests/conftest.py``, so any test under ``tests/`` ca
 
 - ``control_plane`` (session): a :class:`ControlPlane`;
 - ``k8s_namespace`` (function): a fresh namespace, deleted (with the test's volumes)
-  afterwards.
+  afterwards; the deletion finishes in the background.
 
 Every test that uses ``control_plane`` is marked ``cluster`` (``-m "not cluster"``
 leaves them out).
@@ -322,15 +322,25 @@ class ControlPlane:
         wait_for(f"the default ServiceAccount in {name}", has_default_sa, timeout=60)
         return name
 
-    def delete_namespace(self, name: str, *, timeout: float = 180.0) -> None:
-        """Delete a namespace and the PersistentVolumes provisioned for it, and wait
-        until both are gone (so a test leaves nothing behind)."""
+    def delete_namespace(self, name: str, *, wait: bool = False, timeout: float = 180.0) -> None:
+        """Delete a namespace and the PersistentVolumes provisioned for it.
+
+        Without ``wait`` this returns once the deletion is accepted: the namespace
+        controller and kwok finish it in the background (5-20 s a namespace, most of a
+        test's time if waited for), and the whole cluster goes at the session's end
+        anyway. The volumes carry the pv-protection finalizer, so each goes only once
+        its claim has. ``wait=True`` waits until both are gone.
+        """
         core = self.core_v1()
         try:
             core.delete_namespace(name)
         except ApiException as error:
             if error.status != 404:
                 raise
+        selector = f"{VOLUME_OWNER_LABEL}={name}"
+        core.delete_collection_persistent_volume(label_selector=selector)
+        if not wait:
+            return
 
         def namespace_gone() -> bool:
             try:
@@ -342,8 +352,6 @@ class ControlPlane:
                 raise
 
         wait_for(f"namespace {name} to be deleted", namespace_gone, timeout=timeout)
-        selector = f"{VOLUME_OWNER_LABEL}={name}"
-        core.delete_collection_persistent_volume(label_selector=selector)
         wait_for(
             f"the volumes of {name} to be deleted",
             lambda: not core.list_persistent_volume(label_selector=selector).items,
@@ -401,14 +409,23 @@ class ControlPlane:
         self._clients.clear()
 
 
-def start_control_plane(state_dir: Path, *, nodes: int = 3) -> ControlPlane:
-    """Start a cluster with ``scripts/cluster/start.sh`` in ``state_dir``.
+def start_control_plane(
+    state_dir: Path, *, nodes: int = 3, owner_pid: int | None = None
+) -> ControlPlane:
+    """Start a cluster with ``scripts/cluster/start.sh`` in ``state_dir``, stopped at the
+    latest when process ``owner_pid`` (default: this one) ends.
 
     Raises :class:`ControlPlaneError` with the script's own explanation (the failing
     component and its log tail, or how to build the binaries) when it does not come up.
     """
     result = subprocess.run(
-        [str(SCRIPTS / "start.sh"), "--state-dir", str(state_dir), "--nodes", str(nodes)],
+        [
+            str(SCRIPTS / "start.sh"),
+            *("--state-dir", str(state_dir), "--nodes", str(nodes)),
+            # If this process dies without running the fixture's teardown (killed,
+            # crashed), the cluster stops anyway.
+            *("--stop-with-pid", str(owner_pid or os.getpid())),
+        ],
         capture_output=True,
         text=True,
         timeout=START_TIMEOUT,
@@ -457,7 +474,8 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
 
 @pytest.fixture
 def k8s_namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh namespace for one test, deleted with its volumes afterwards."""
+    """A fresh namespace for one test; its deletion (with its volumes) is started
+    afterwards and finishes in the background."""
     prefix = re.sub(r"[^a-z0-9]+", "-", request.node.name.removeprefix("test_").lower())
     prefix = prefix[:30].strip("-")
     name = control_plane.create_namespace(prefix or "test")

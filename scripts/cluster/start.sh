@@ -8,8 +8,11 @@
 # (hostPath PersistentVolumes), pids ("name pid" lines, read by stop.sh) and
 # cluster.env (KEY=VALUE: server URL, ports, paths; read by tests/control_plane.py).
 #
-# Usage: scripts/cluster/start.sh [--state-dir DIR] [--nodes N]
+# Usage: scripts/cluster/start.sh [--state-dir DIR] [--nodes N] [--stop-with-pid PID]
 #   (default state folder: .cdcflow/cluster in the repository; 3 nodes)
+#   --stop-with-pid: stop the cluster (and delete the state folder) when process PID
+#   ends, however it ends (the test fixture passes pytest's PID: a killed test run
+#   leaves no cluster behind)
 # Extra flags per component: CDCFLOW_ETCD_ARGS, CDCFLOW_KUBE_APISERVER_ARGS,
 # CDCFLOW_KUBE_CONTROLLER_MANAGER_ARGS, CDCFLOW_KUBE_SCHEDULER_ARGS, CDCFLOW_KWOK_ARGS.
 set -euo pipefail
@@ -18,15 +21,18 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 STATE=$(cd "$CLUSTER_SCRIPTS/../.." && pwd)/.cdcflow/cluster
 NODES=3
+OWNER_PID=
 while [[ $# -gt 0 ]]; do
   case $1 in
     --state-dir) STATE=$2; shift 2 ;;
     --nodes) NODES=$2; shift 2 ;;
-    -h | --help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) die "unknown argument '$1' (usage: $0 [--state-dir DIR] [--nodes N])" ;;
+    --stop-with-pid) OWNER_PID=$2; shift 2 ;;
+    -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) die "unknown argument '$1' (usage: $0 [--state-dir DIR] [--nodes N] [--stop-with-pid PID])" ;;
   esac
 done
 [[ $NODES =~ ^[1-9][0-9]*$ ]] || die "--nodes wants a positive number, not '$NODES'"
+[[ -z $OWNER_PID ]] || kill -0 "$OWNER_PID" 2>/dev/null || die "--stop-with-pid: no process $OWNER_PID"
 mkdir -p "$STATE"
 STATE=$(cd "$STATE" && pwd)
 
@@ -45,7 +51,7 @@ if [[ -f $STATE/pids ]]; then
   while read -r name pid; do
     if kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$STATE"; then
       say "a cluster is already running from $STATE ($name is PID $pid); stop it with 'make cluster-down' (scripts/cluster/stop.sh --state-dir $STATE)"
-      say "export KUBECONFIG=$STATE/kubeconfig"
+      printf 'export KUBECONFIG=%s\n' "$STATE/kubeconfig"
       exit 0
     fi
   done <"$STATE/pids"
@@ -53,7 +59,7 @@ fi
 
 started=$SECONDS
 # A fresh cluster each time; the previous run's logs go with it.
-rm -rf "${STATE:?}"/{pki,logs,etcd,volumes,apiserver,pids,cluster.env,kubeconfig,nodes.yaml}
+rm -rf "${STATE:?}"/{pki,logs,etcd,volumes,apiserver,service-accounts,helm,pids,cluster.env,nodes.yaml,*kubeconfig}
 mkdir -p "$STATE"/{pki,logs,etcd,volumes,apiserver}
 : >"$STATE/pids"
 
@@ -280,6 +286,14 @@ KCM_PORT=$KCM_PORT
 SCHEDULER_PORT=$SCHEDULER_PORT
 KWOK_PORT=$KWOK_PORT
 EOF
+if [[ -n $OWNER_PID ]]; then
+  # A watchdog (recorded like the components, so stop.sh ends it first) that stops
+  # the cluster once the owner is gone.
+  # shellcheck disable=SC2016  # $1..$3 are the inner bash's arguments
+  setsid bash -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; exec "$2" --state-dir "$3" --purge --quiet' \
+    cdcflow-cluster-watchdog "$OWNER_PID" "$CLUSTER_SCRIPTS/stop.sh" "$STATE" >>"$STATE/logs/watchdog.log" 2>&1 </dev/null &
+  printf 'watchdog %s\n' "$!" >>"$STATE/pids"
+fi
 complete=1
 say "cluster up in $((SECONDS - started)) s: $SERVER, $NODES kwok nodes; logs in $STATE/logs"
 say "  stop it with: make cluster-down (or scripts/cluster/stop.sh --state-dir $STATE)"

@@ -31,10 +31,13 @@ if [[ ! -d $STATE ]]; then
 fi
 STATE=$(cd "$STATE" && pwd)
 
-ours() {  # ours PID: alive and started for this state folder
-  kill -0 "$1" 2>/dev/null && tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -qF "$STATE"
+# ours PID: alive, started for this state folder, and not this very process (the
+# watchdog execs this script) or its parent.
+ours() {
+  [[ $1 != "$$" && $1 != "$PPID" ]] && kill -0 "$1" 2>/dev/null && tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -qF "$STATE"
 }
 
+stopped=0
 if [[ -f $STATE/pids ]]; then
   mapfile -t entries < <(tac "$STATE/pids")
   for entry in "${entries[@]}"; do
@@ -49,6 +52,7 @@ if [[ -f $STATE/pids ]]; then
         while ours "$pid"; do sleep 0.1; done
       fi
       info "  stopped $name (PID $pid)"
+      stopped=$((stopped + 1))
     fi
   done
   rm -f "$STATE/pids"
@@ -72,9 +76,11 @@ if [[ -f $STATE/cluster.env ]]; then
   done
 fi
 
+what="cluster stopped"
+[[ $stopped -gt 0 ]] || what="no cluster was running from $STATE"
 if [[ $PURGE -eq 1 ]]; then
   rm -rf "$STATE"
-  info "cluster stopped; removed $STATE"
+  info "$what; removed $STATE"
 else
-  info "cluster stopped (state and logs kept in $STATE)"
+  info "$what (state and logs kept in $STATE)"
 fi

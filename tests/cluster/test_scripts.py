@@ -15,7 +15,17 @@ from tests.control_plane import (
     binaries_dir,
     read_env_file,
     start_control_plane,
+    wait_for,
 )
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for its parent to reap it counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def _build(tmp_path: Path, go: str) -> subprocess.CompletedProcess[str]:
@@ -62,3 +72,27 @@ def test_start_names_the_failing_component_and_leaves_nothing_running(
         ["ss", "-Htln", f"sport = :{etcd_port}"], capture_output=True, text=True, check=True
     ).stdout
     assert listening.strip() == ""
+
+
+def test_cluster_stops_when_its_owner_process_dies(tmp_path: Path) -> None:
+    # The fixture passes pytest's PID; here a stand-in owner that we can kill.
+    owner = subprocess.Popen(["sleep", "600"])
+    state = tmp_path / "owned"
+    try:
+        plane = start_control_plane(state, nodes=1, owner_pid=owner.pid)
+        pids = [int(line.split()[1]) for line in (state / "pids").read_text().splitlines()]
+        assert len(pids) == 6  # five components and the watchdog
+        assert plane.kubectl("get", "nodes", "-o", "name").stdout.split() == ["node/kwok-node-0"]
+    finally:
+        owner.kill()
+        owner.wait()
+
+    def all_gone() -> bool:
+        return not state.exists() and not any(_alive(pid) for pid in pids)
+
+    wait_for("the watchdog to stop the cluster and remove its state", all_gone, timeout=90)
+    for port in (plane.env[key] for key in plane.env if key.endswith("_PORT")):
+        listening = subprocess.run(
+            ["ss", "-Htln", f"sport = :{port}"], capture_output=True, text=True, check=True
+        ).stdout
+        assert listening.strip() == ""

@@ -136,3 +136,50 @@ def test_statefulset_claims_are_bound_and_pods_run(
     for pod in pods:
         claim = next(v.persistent_volume_claim for v in pod.spec.volumes if v.name == "data")
         assert claim.claim_name == f"data-{pod.metadata.name}"
+
+
+def test_deleting_a_namespace_removes_its_pods_claims_and_volumes(
+    control_plane: ControlPlane,
+) -> None:
+    # What the k8s_namespace fixture does after each test, waited for this once.
+    namespace = control_plane.create_namespace("cleanup")
+    core = control_plane.core_v1()
+    storage_class = control_plane.provision_volumes(namespace, 1)
+    control_plane.apply(
+        [
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": "data"},
+                "spec": {
+                    "accessModes": ["ReadWriteOnce"],
+                    "storageClassName": storage_class,
+                    "resources": {"requests": {"storage": "1Gi"}},
+                },
+            },
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": "web"},
+                "spec": {
+                    "replicas": 1,
+                    "selector": {"matchLabels": _labels("web")},
+                    "template": _pod_template("web"),
+                },
+            },
+        ],
+        namespace=namespace,
+    )
+    _wait_running_ready(core, namespace, "web", 1)
+    wait_for(
+        "the claim to be Bound",
+        lambda: (
+            core.read_namespaced_persistent_volume_claim("data", namespace).status.phase == "Bound"
+        ),
+    )
+
+    control_plane.delete_namespace(namespace, wait=True)
+    assert namespace not in [n.metadata.name for n in core.list_namespace().items]
+    assert not core.list_persistent_volume(
+        label_selector=f"cdcflow.test/namespace={namespace}"
+    ).items

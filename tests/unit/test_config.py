@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 from pathlib import Path
 from typing import Any
@@ -211,3 +212,86 @@ def test_container_env_never_holds_a_secret_value() -> None:
     partial = container_env([settings.broker], {})
     assert all(item["name"] != "CDCFLOW_AMQP_URL" for item in partial)
     assert secret not in repr(partial)
+
+
+SECRET = "S3aled-pw-0042"
+
+
+def _secret_settings() -> Settings:
+    return Settings(
+        _env_file=None,
+        amqp_url=f"amqp://cdc:{SECRET}@mq:5672/%2F",
+        clickhouse_url=f"https://loader:{SECRET}@ch:8443",
+        mongo_collection="views",
+    )
+
+
+def test_settings_and_sections_pickle_without_their_passwords() -> None:
+    import pickle
+
+    settings = _secret_settings()
+    for value in (settings, settings.broker, settings.warehouse):
+        data = pickle.dumps(value)
+        assert SECRET.encode() not in data
+        again = pickle.loads(data)  # same process: the password is found again
+        assert again == value
+    assert pickle.loads(pickle.dumps(settings)).amqp_url.reveal() == settings.amqp_url.reveal()
+
+
+def test_elsewhere_the_password_comes_from_that_workers_environment(tmp_path: Path) -> None:
+    import pickle
+    import subprocess
+    import sys
+
+    blob = tmp_path / "settings.pickle"
+    blob.write_bytes(pickle.dumps(_secret_settings().broker))
+    script = (
+        "import pickle, sys; b = pickle.loads(open(sys.argv[1], 'rb').read()); "
+        "print(b.amqp_url.reveal())"
+    )
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CDCFLOW_")}
+    missing = subprocess.run(
+        [sys.executable, "-c", script, str(blob)], capture_output=True, text=True, env=env
+    )
+    assert missing.returncode != 0
+    assert "set CDCFLOW_AMQP_URL in this worker's environment" in missing.stderr
+    env["CDCFLOW_AMQP_URL"] = f"amqp://cdc:{SECRET}@mq:5672/%2F"
+    found = subprocess.run(
+        [sys.executable, "-c", script, str(blob)], capture_output=True, text=True, env=env
+    )
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.strip() == f"amqp://cdc:{SECRET}@mq:5672/%2F"
+
+
+def _pickled_payloads(graph: Any) -> list[bytes]:
+    """Every pickled DoFn of a pipeline proto, uncompressed as Beam's pickler wrote it."""
+    import base64
+    import bz2
+    import zlib
+
+    from apache_beam.portability import common_urns
+    from apache_beam.portability.api import beam_runner_api_pb2
+
+    payloads = []
+    for transform in graph.components.transforms.values():
+        if transform.spec.urn != common_urns.primitives.PAR_DO.urn:
+            continue
+        pardo = beam_runner_api_pb2.ParDoPayload.FromString(transform.spec.payload)
+        compressed = base64.b64decode(pardo.do_fn.payload)
+        try:
+            payloads.append(zlib.decompress(compressed))
+        except zlib.error:
+            payloads.append(bz2.decompress(compressed))
+    return payloads
+
+
+def test_nothing_beam_pickles_for_the_consumer_holds_a_secret() -> None:
+    """The pipeline's graph (every DoFn, pickled as Beam ships it) carries no password."""
+    from cdcflow.consumer.pipeline import build_pipeline
+
+    pipeline = build_pipeline(_secret_settings())
+    payloads = _pickled_payloads(pipeline.to_runner_api())
+    assert payloads, "the graph has pickled DoFns"
+    assert any(b"loader" in payload for payload in payloads), "a DoFn holds the warehouse URL"
+    for payload in payloads:
+        assert SECRET.encode() not in payload

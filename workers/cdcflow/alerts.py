@@ -9,10 +9,12 @@ check rules`` / ``promtool test rules`` read). Tests regenerate both in memory a
 compare with the committed files; ``python -m cdcflow.alerts --write`` rewrites them,
 together with the metrics reference table in ``docs/operations.md``.
 
-Aggregations group ``by`` :attr:`Thresholds.pipeline_labels` (default ``namespace``),
-never by ``job``: producer and consumer are different scrape jobs, and the "loads
-stalled" rule compares one with the other. A label that does not exist groups into one
-series, so the rules also work on a Prometheus without that label.
+Aggregations group ``by`` :attr:`Thresholds.pipeline_labels` (default ``namespace`` and
+``pipeline``, the scrape label carrying a pod's ``cdcflow.io/pipeline``, so that two
+pipelines in one namespace alert apart), never by ``job``: producer and consumer are
+different scrape jobs, and the "loads stalled" rule compares one with the other. A
+label that does not exist groups into one series, so the rules also work on a
+Prometheus without that label.
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from prometheus_client.metrics import MetricWrapperBase
 
 from cdcflow import metrics
+from cdcflow.naming import PIPELINE_METRIC_LABEL as PIPELINE_LABEL
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS_DIR = ROOT / "helm" / "cdcflow" / "alerts"
@@ -64,7 +66,7 @@ class Thresholds:
     # No row loaded over the window while events were captured, for this long.
     stalled_window: str = "5m"
     stalled_for: str = "5m"
-    pipeline_labels: tuple[str, ...] = ("namespace",)
+    pipeline_labels: tuple[str, ...] = ("namespace", PIPELINE_LABEL)
     runbook_base_url: str = RUNBOOK
 
     @property
@@ -79,20 +81,7 @@ class Thresholds:
 DEFAULT_THRESHOLDS = Thresholds()
 
 
-def metric(collector: MetricWrapperBase, suffix: str | None = None) -> str:
-    """The PromQL sample name of a collector from :mod:`cdcflow.metrics`.
-
-    Counters get ``_total`` by default; histograms need ``_bucket``/``_sum``/``_count``.
-    Raises if the result is not a name the registry exposes, so a typo cannot reach a
-    dashboard or rule file.
-    """
-    family = next(iter(collector.describe()))
-    if suffix is None:
-        suffix = {"counter": "_total", "info": "_info"}.get(family.type, "")
-    name = f"{family.name}{suffix}"
-    if name not in metrics.exposed_names():
-        raise ValueError(f"{name} is not exposed by cdcflow.metrics")
-    return str(name)
+metric = metrics.sample_name
 
 
 def _num(value: float) -> str:

@@ -12,7 +12,10 @@ local RabbitMQ, Beam's in-process runner and an embedded ClickHouse (chdb) under
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import re
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -59,6 +62,48 @@ class Section(BaseModel):
     def of(cls: type[_S], settings: BaseModel) -> _S:
         """This section's values out of composed settings (or another section)."""
         return cls.model_validate({name: getattr(settings, name) for name in cls.model_fields})
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled without passwords: Beam pickles every DoFn with what it holds and
+        ships the bytes to its workers (a Flink job's graph, a worker pool). A URL's
+        password stays in this process; unpickling elsewhere takes it from that
+        worker's own ``CDCFLOW_*`` environment (in a pod: a Secret reference)."""
+        values: dict[str, Any] = {}
+        sealed: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, ServiceUrl) and value.password is not None:
+                value, sealed[name] = _seal(value)
+            values[name] = value
+        return (_unseal, (type(self), values, sealed))
+
+
+_SEALED: dict[str, ServiceUrl] = {}  # token -> URL with its password, this process only
+_TOKENS: dict[str, str] = {}  # revealed URL -> its token, so pickling again reuses it
+
+
+def _seal(url: ServiceUrl) -> tuple[ServiceUrl, str]:
+    """The URL without its password, and a random token that finds it in this process."""
+    token = _TOKENS.setdefault(url.reveal(), uuid.uuid4().hex)
+    _SEALED[token] = url
+    return dataclasses.replace(url, password=None), token
+
+
+def _unseal(cls: type[_S], values: dict[str, Any], sealed: dict[str, str]) -> _S:
+    for name, token in sealed.items():
+        url = _SEALED.get(token)
+        if url is None:
+            variable = f"CDCFLOW_{name.upper()}"
+            from_env = os.environ.get(variable)
+            if not from_env:
+                raise ConfigError(
+                    f"{cls.__name__}.{name} was pickled without its password, which stays in "
+                    f"the process that pickled it: set {variable} in this worker's "
+                    "environment (in Kubernetes, from a Secret reference)"
+                )
+            url = ServiceUrl.parse(from_env)
+        values[name] = url
+    return cls.model_validate(values)
 
 
 _S = TypeVar("_S", bound=Section)

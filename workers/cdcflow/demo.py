@@ -26,6 +26,18 @@ from rich.table import Table
 from cdcflow import broker, localstack
 from cdcflow.config import Settings
 from cdcflow.errors import ServiceUnavailable
+from cdcflow.metrics import (
+    CAPTURE_LAG_SECONDS,
+    EVENTS_CAPTURED,
+    EVENTS_PUBLISHED,
+    MESSAGES_ACKED,
+    MESSAGES_CONSUMED,
+    MESSAGES_DEAD_LETTERED,
+    PUBLISH_UNCONFIRMED,
+    QUEUE_DEPTH,
+    ROWS_LOADED,
+    sample_name,
+)
 from cdcflow.scrape import Scrape
 
 DEMO_EXCHANGE = "cdcflow-demo"
@@ -95,16 +107,16 @@ def _start_worker(command: str, settings: Settings, root: Path) -> localstack.Wo
 
 def _observe(progress: Progress, producer: Scrape, consumer: Scrape) -> None:
     if producer.ok:
-        progress.captured = producer.value("cdcflow_events_captured_total")
-        progress.published = producer.value("cdcflow_events_published_total")
-        progress.unconfirmed = producer.value("cdcflow_publish_unconfirmed_messages")
-        progress.lag_s = producer.value("cdcflow_capture_lag_seconds")
+        progress.captured = producer.value(sample_name(EVENTS_CAPTURED))
+        progress.published = producer.value(sample_name(EVENTS_PUBLISHED))
+        progress.unconfirmed = producer.value(sample_name(PUBLISH_UNCONFIRMED))
+        progress.lag_s = producer.value(sample_name(CAPTURE_LAG_SECONDS))
     if consumer.ok:
-        progress.consumed = consumer.value("cdcflow_messages_consumed_total")
-        progress.acked = consumer.value("cdcflow_messages_acked_total")
-        progress.loaded = consumer.value("cdcflow_rows_loaded_total")
-        progress.dead_lettered = consumer.value("cdcflow_messages_dead_lettered_total")
-        progress.queue_depth = consumer.value("cdcflow_queue_depth_messages", queue="main")
+        progress.consumed = consumer.value(sample_name(MESSAGES_CONSUMED))
+        progress.acked = consumer.value(sample_name(MESSAGES_ACKED))
+        progress.loaded = consumer.value(sample_name(ROWS_LOADED))
+        progress.dead_lettered = consumer.value(sample_name(MESSAGES_DEAD_LETTERED))
+        progress.queue_depth = consumer.value(sample_name(QUEUE_DEPTH), queue="main")
 
 
 def _queue_ready_messages(settings: Settings) -> int:

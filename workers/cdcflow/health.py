@@ -113,7 +113,10 @@ class HealthServer:
 
 
 def serve(health: Health, host: str, port: int) -> HealthServer | None:
-    """Start the server unless ``port`` is 0; a busy port is logged, not fatal."""
+    """Start the server unless ``port`` is 0; a busy port is logged, not fatal.
+
+    Also where a worker records its build (role = ``health.component``)."""
+    metrics.record_build(health.component)
     if port == 0:
         return None
     try:

@@ -9,6 +9,7 @@ reason code, queue kind, service), never document ids.
 
 from __future__ import annotations
 
+import platform
 from dataclasses import dataclass
 
 from prometheus_client import (
@@ -19,6 +20,7 @@ from prometheus_client import (
     Info,
     disable_created_metrics,
 )
+from prometheus_client.metrics import MetricWrapperBase
 
 # Every counter would also export a `<name>_created` timestamp series: noise for
 # dashboards and alerts that never read it.
@@ -31,6 +33,15 @@ _FRESHNESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0,
 _BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000)
 
 BUILD_INFO = Info("cdcflow_build", "Version and role of this cdcflow process.", registry=REGISTRY)
+
+
+def record_build(role: str) -> None:
+    """Set ``cdcflow_build_info{version,role,python}``: which release runs where (the
+    dashboards' versions panel, and a rollout visible as two versions at once)."""
+    from cdcflow import __version__
+
+    BUILD_INFO.info({"version": __version__, "role": role, "python": platform.python_version()})
+
 
 # --- producer -----------------------------------------------------------------------
 EVENTS_CAPTURED = Counter(
@@ -237,3 +248,20 @@ def exposed_names() -> set[str]:
         for suffix in suffixes.get(info.kind, ("",)):
             names.add(info.name + suffix)
     return names
+
+
+def sample_name(collector: MetricWrapperBase, suffix: str | None = None) -> str:
+    """The PromQL sample name of a collector defined above: how every other module
+    (status, demo, the benchmarks, dashboards, alert rules) names a metric.
+
+    Counters get ``_total`` by default, Info ``_info``; histograms give their base
+    name (``_bucket``/``_sum``/``_count`` as ``suffix``). Raises if the result is not
+    a name the registry exposes, so a typo cannot reach a query.
+    """
+    family = next(iter(collector.describe()))
+    if suffix is None:
+        suffix = {"counter": "_total", "info": "_info"}.get(family.type, "")
+    name = f"{family.name}{suffix}"
+    if name not in exposed_names() and f"{name}_bucket" not in exposed_names():
+        raise ValueError(f"{name} is not exposed by cdcflow.metrics")
+    return str(name)

@@ -47,7 +47,10 @@ READINESS_PATH: Final = "/readyz"
 
 GROUP: Final = "cdcflow.io"
 PIPELINE_LABEL: Final = f"{GROUP}/pipeline"
-"""Label on every child of a Pipeline and on every series its workers export."""
+"""Label on every child of a Pipeline (and so on its pods)."""
+PIPELINE_METRIC_LABEL: Final = "pipeline"
+"""The series label scrape configs copy ``cdcflow.io/pipeline`` into: alert rules and
+dashboards group by it (with ``namespace``), so pipelines never merge."""
 COMPONENT_LABEL: Final = "app.kubernetes.io/component"
 NAME_LABEL: Final = "app.kubernetes.io/name"
 INSTANCE_LABEL: Final = "app.kubernetes.io/instance"

@@ -23,6 +23,17 @@ from rich.text import Text
 from cdcflow import broker
 from cdcflow.config import Settings
 from cdcflow.errors import CdcflowError
+from cdcflow.metrics import (
+    CAPTURE_LAG_SECONDS,
+    EVENTS_CAPTURED,
+    EVENTS_PUBLISHED,
+    FRESHNESS_SECONDS,
+    MESSAGES_CONSUMED,
+    MESSAGES_DEAD_LETTERED,
+    RESUME_TOKEN_AGE_SECONDS,
+    ROWS_LOADED,
+    sample_name,
+)
 from cdcflow.scrape import Scrape, scrape
 
 
@@ -120,25 +131,25 @@ def collect(settings: Settings, *, interval: float = 1.0, warehouse: bool = True
         )
 
     for name, metric, after, before in (
-        ("captured", "cdcflow_events_captured_total", producer, producer_before),
-        ("published", "cdcflow_events_published_total", producer, producer_before),
-        ("consumed", "cdcflow_messages_consumed_total", consumer, consumer_before),
-        ("loaded", "cdcflow_rows_loaded_total", consumer, consumer_before),
-        ("dead-lettered", "cdcflow_messages_dead_lettered_total", consumer, consumer_before),
+        ("captured", sample_name(EVENTS_CAPTURED), producer, producer_before),
+        ("published", sample_name(EVENTS_PUBLISHED), producer, producer_before),
+        ("consumed", sample_name(MESSAGES_CONSUMED), consumer, consumer_before),
+        ("loaded", sample_name(ROWS_LOADED), consumer, consumer_before),
+        ("dead-lettered", sample_name(MESSAGES_DEAD_LETTERED), consumer, consumer_before),
     ):
         stage(name, after, metric, before)
     if producer.ok:
-        report.capture_lag_s = producer.value("cdcflow_capture_lag_seconds")
-        report.resume_token_age_s = producer.value("cdcflow_resume_token_age_seconds")
+        report.capture_lag_s = producer.value(sample_name(CAPTURE_LAG_SECONDS))
+        report.resume_token_age_s = producer.value(sample_name(RESUME_TOKEN_AGE_SECONDS))
     else:
         report.problems.append(
             f"producer metrics unreachable at {settings.producer_metrics_url} ({producer.error})"
         )
     if consumer.ok:
-        report.freshness_p50_s = consumer.quantile("cdcflow_freshness_seconds", 0.5)
-        report.freshness_p99_s = consumer.quantile("cdcflow_freshness_seconds", 0.99)
+        report.freshness_p50_s = consumer.quantile(sample_name(FRESHNESS_SECONDS), 0.5)
+        report.freshness_p99_s = consumer.quantile(sample_name(FRESHNESS_SECONDS), 0.99)
         report.dead_letters_by_reason = consumer.by_label(
-            "cdcflow_messages_dead_lettered_total", "reason"
+            sample_name(MESSAGES_DEAD_LETTERED), "reason"
         )
     else:
         report.problems.append(

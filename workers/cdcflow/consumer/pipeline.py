@@ -28,6 +28,12 @@ from cdcflow.consumer.sink import PublishDeadLetters, TransformBatch, WriteToCli
 from cdcflow.consumer.source import ReadFromRabbitMQ
 from cdcflow.errors import ConfigError
 from cdcflow.health import Health
+from cdcflow.metrics import (
+    MESSAGES_ACKED,
+    MESSAGES_CONSUMED,
+    ROWS_SWEPT,
+    sample_name,
+)
 from cdcflow.warehouse.client import Warehouse
 
 log = logging.getLogger(__name__)
@@ -131,12 +137,12 @@ def _labelled_total(counter: Any) -> float:
 def counters() -> dict[str, float]:
     """This process's consumer counters (for results, status and tests)."""
     return {
-        "consumed": _sample("cdcflow_messages_consumed_total"),
-        "acked": _sample("cdcflow_messages_acked_total"),
+        "consumed": _sample(sample_name(MESSAGES_CONSUMED)),
+        "acked": _sample(sample_name(MESSAGES_ACKED)),
         "loaded": _labelled_total(metrics.ROWS_LOADED),
         "dead_lettered": _labelled_total(metrics.MESSAGES_DEAD_LETTERED),
         "ignored": _labelled_total(metrics.MESSAGES_IGNORED),
-        "swept": _sample("cdcflow_rows_swept_total"),
+        "swept": _sample(sample_name(ROWS_SWEPT)),
     }
 
 
