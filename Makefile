@@ -25,6 +25,7 @@ help:
 	@echo "make chaos  - the chaos suite alone"
 	@echo "make bench  - benchmarks (QUICK=1 for a short run)"
 	@echo "make generate - rewrite the generated files (dashboards, alert rules, tables)"
+	@echo "make crds     - regenerate crds/pipeline.yaml and docs/operator.md's spec table"
 	@echo "make cluster       - start a local Kubernetes control plane (kwok nodes); prints export KUBECONFIG=..."
 	@echo "make cluster-down  - stop it"
 	@echo "make cluster-build - build its pinned binaries once (~20 min the first time; make test does it)"
@@ -63,6 +64,7 @@ generate: install
 	$(BIN)/python -m cdcflow_build.dashboards --write
 	$(BIN)/python -m cdcflow.alerts --write
 	$(BIN)/python -c 'from tests.unit.test_docs import write; write()'
+	$(BIN)/cdcflow-operator crd --write
 
 # RabbitMQ from Debian's package when missing (as root; otherwise it says what to run).
 # Only installs: tests, the demo and the benchmarks start private nodes of their own.
