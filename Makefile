@@ -17,7 +17,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_LINK_MODE := copy
 
 .PHONY: install demo test lint unit integration chaos bench clean help prometheus rabbitmq generate cluster-build cluster cluster-down flink \
-	engine engine-down images containers
+	engine engine-down images containers crds
 
 help:
 	@echo "make demo   - local end-to-end demo (EVENTS=$(EVENTS) RATE=$(RATE) BAD=$(BAD))"
@@ -26,6 +26,7 @@ help:
 	@echo "make chaos  - the chaos suite alone"
 	@echo "make bench  - benchmarks (QUICK=1 for a short run)"
 	@echo "make generate - rewrite the generated files (dashboards, alert rules, tables)"
+	@echo "make crds     - regenerate crds/pipeline.yaml and docs/operator.md's spec table"
 	@echo "make cluster       - start a local Kubernetes control plane (kwok nodes); prints export KUBECONFIG=..."
 	@echo "make cluster-down  - stop it"
 	@echo "make cluster-build - build its pinned binaries once (~20 min the first time; make test does it)"
@@ -67,6 +68,7 @@ generate: install
 	$(BIN)/python -m cdcflow_build.dashboards --write
 	$(BIN)/python -m cdcflow.alerts --write
 	$(BIN)/python -c 'from tests.unit.test_docs import write; write()'
+	$(BIN)/cdcflow-operator crd --write
 
 # RabbitMQ from Debian's package when missing (as root; otherwise it says what to run).
 # Only installs: tests, the demo and the benchmarks start private nodes of their own.
@@ -101,6 +103,10 @@ cluster-down:
 
 bench: install rabbitmq flink
 	$(BIN)/python -m bench $(if $(QUICK),--quick,)
+
+# The Pipeline CRD, generated from the operator's model (a test checks it is current).
+crds: install
+	$(BIN)/cdcflow-operator crd --write
 
 clean:
 	rm -rf .cdcflow .pytest_cache .mypy_cache .ruff_cache

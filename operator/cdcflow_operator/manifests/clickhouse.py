@@ -1,0 +1,167 @@
+"""A managed ClickHouse server: StatefulSet (one replica), Service, config, credentials."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from cdcflow import naming
+from cdcflow_operator.manifests.common import (
+    CLICKHOUSE_UID,
+    CLICKHOUSE_URL_KEY,
+    PASSWORD_KEY,
+    USERNAME_KEY,
+    WAREHOUSE_CREDENTIALS,
+    Manifest,
+    container_security,
+    metadata,
+    pod_security,
+    scrape_annotations,
+)
+from cdcflow_operator.models import DeletionPolicy, Pipeline
+
+HTTP_PORT: Final = 8123
+NATIVE_PORT: Final = 9000
+PROMETHEUS_PORT: Final = 9363
+DATA_CLAIM: Final = "data"
+USERNAME: Final = "cdcflow"
+
+
+def host(pipeline: Pipeline) -> str:
+    return f"{pipeline.child(naming.WAREHOUSE)}.{pipeline.namespace}.svc"
+
+
+def credentials_secret(pipeline: Pipeline, password: str) -> Manifest:
+    """The managed server's login, made once by the operator (never logged, never updated)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata(pipeline, naming.WAREHOUSE, pipeline.child(WAREHOUSE_CREDENTIALS)),
+        "type": "Opaque",
+        "stringData": {
+            USERNAME_KEY: USERNAME,
+            PASSWORD_KEY: password,
+            CLICKHOUSE_URL_KEY: f"http://{USERNAME}:{password}@{host(pipeline)}:{HTTP_PORT}",
+        },
+    }
+
+
+def build_config(pipeline: Pipeline) -> Manifest:
+    """Server settings: Prometheus endpoint on, logs to stdout (no log files in the volume)."""
+    xml = (
+        "<clickhouse>\n"
+        "  <logger><console>1</console><level>information</level></logger>\n"
+        "  <listen_host>0.0.0.0</listen_host>\n"
+        f"  <prometheus><endpoint>/metrics</endpoint><port>{PROMETHEUS_PORT}</port>"
+        "<metrics>true</metrics><events>true</events><asynchronous_metrics>true"
+        "</asynchronous_metrics></prometheus>\n"
+        "</clickhouse>\n"
+    )
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(pipeline, naming.WAREHOUSE),
+        "data": {"cdcflow.xml": xml},
+    }
+
+
+def build_service(pipeline: Pipeline) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(pipeline, naming.WAREHOUSE),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": naming.selector(pipeline.name, naming.WAREHOUSE),
+            "ports": [
+                {"name": "http", "port": HTTP_PORT, "targetPort": HTTP_PORT, "protocol": "TCP"},
+                {
+                    "name": "native",
+                    "port": NATIVE_PORT,
+                    "targetPort": NATIVE_PORT,
+                    "protocol": "TCP",
+                },
+                {
+                    "name": "prometheus",
+                    "port": PROMETHEUS_PORT,
+                    "targetPort": PROMETHEUS_PORT,
+                    "protocol": "TCP",
+                },
+            ],
+        },
+    }
+
+
+def build_statefulset(pipeline: Pipeline) -> Manifest:
+    managed = pipeline.spec.warehouse.managed
+    if managed is None:
+        raise ValueError("build_statefulset needs warehouse.managed")
+    secret = pipeline.child(WAREHOUSE_CREDENTIALS)
+    name = pipeline.child(naming.WAREHOUSE)
+    probe: dict[str, Any] = {"httpGet": {"path": "/ping", "port": HTTP_PORT}}
+    container = {
+        "name": "clickhouse",
+        "image": managed.image,
+        "imagePullPolicy": pipeline.spec.image_pull_policy,
+        "env": [
+            {"name": "CLICKHOUSE_USER", "value": USERNAME},
+            {
+                "name": "CLICKHOUSE_PASSWORD",
+                "valueFrom": {"secretKeyRef": {"name": secret, "key": PASSWORD_KEY}},
+            },
+            {"name": "CLICKHOUSE_DEFAULT_ACCESS_MANAGEMENT", "value": "1"},
+        ],
+        "ports": [
+            {"name": "http", "containerPort": HTTP_PORT},
+            {"name": "native", "containerPort": NATIVE_PORT},
+            {"name": "prometheus", "containerPort": PROMETHEUS_PORT},
+        ],
+        "resources": managed.resources.to_k8s(),
+        "securityContext": container_security(read_only_root=False),
+        "livenessProbe": {**probe, "initialDelaySeconds": 30, "periodSeconds": 15},
+        "readinessProbe": {**probe, "periodSeconds": 5},
+        "volumeMounts": [
+            {"name": DATA_CLAIM, "mountPath": "/var/lib/clickhouse"},
+            {
+                "name": "config",
+                "mountPath": "/etc/clickhouse-server/config.d/cdcflow.xml",
+                "subPath": "cdcflow.xml",
+            },
+        ],
+    }
+    claim: dict[str, Any] = {
+        "metadata": {"name": DATA_CLAIM, "labels": naming.labels(pipeline.name, naming.WAREHOUSE)},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": str(managed.storage)}},
+        },
+    }
+    if managed.storage_class_name:
+        claim["spec"]["storageClassName"] = managed.storage_class_name
+    when_deleted = "Delete" if pipeline.spec.deletion_policy is DeletionPolicy.delete else "Retain"
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": metadata(pipeline, naming.WAREHOUSE),
+        "spec": {
+            "serviceName": name,
+            "replicas": 1,
+            "selector": {"matchLabels": naming.selector(pipeline.name, naming.WAREHOUSE)},
+            "persistentVolumeClaimRetentionPolicy": {
+                "whenDeleted": when_deleted,
+                "whenScaled": "Retain",
+            },
+            "template": {
+                "metadata": {
+                    "labels": naming.labels(pipeline.name, naming.WAREHOUSE),
+                    "annotations": scrape_annotations(PROMETHEUS_PORT, "/metrics"),
+                },
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "securityContext": pod_security(CLICKHOUSE_UID),
+                    "containers": [container],
+                    "volumes": [{"name": "config", "configMap": {"name": name}}],
+                },
+            },
+            "volumeClaimTemplates": [claim],
+        },
+    }
