@@ -93,7 +93,14 @@ def _delete_topology(amqp_url: str, names: BrokerNames) -> None:
 
 
 @pytest.fixture
-def broker_names(amqp_url: str) -> Iterator[BrokerNames]:
+def broker_names(amqp_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[BrokerNames]:
+    """This test's own exchange and queues on the session's broker.
+
+    ``CDCFLOW_AMQP_URL`` is set for the test too, so a ``Settings`` the test builds
+    without naming a broker (and any worker process it starts) reaches the session's
+    broker, never a stray one at the default address: CI machines have none there.
+    """
+    monkeypatch.setenv("CDCFLOW_AMQP_URL", amqp_url)
     token = uuid.uuid4().hex[:10]
     names = BrokerNames(exchange=f"cdcflow_test_{token}", collection=f"views_{token}")
     try:
