@@ -37,6 +37,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import pymongo
 from pymongo import MongoClient
 from pymongo.errors import ConnectionFailure, PyMongoError
 
@@ -75,6 +76,7 @@ TICK_S = 0.25  # metrics, health beat and the offset-flush check, at most this o
 PROGRESS_LOG_S = 5.0
 STOPPED_POLL_S = 5.0  # while capture is stopped: how often the offsets document is checked
 PRESENCE_CHECK_S = 5.0  # while idle: how often the collection is checked to still exist
+PRESENCE_TIMEOUT_S = 1.0
 MIRRORED_DROPS = frozenset({"drop", "dropDatabase"})
 _STAGE = {"stage": "producer"}
 
@@ -308,7 +310,14 @@ class Producer:
         self._next_presence_check = now + PRESENCE_CHECK_S
         database = self.client[self.settings.mongo_db]
         try:
-            names = database.list_collection_names(filter={"name": self.settings.mongo_collection})
+            # Bounded: a dead server must not stall the loop (or a SIGTERM) for the
+            # server-selection timeout; a lost connection goes to the usual back-off.
+            with pymongo.timeout(PRESENCE_TIMEOUT_S):
+                names = database.list_collection_names(
+                    filter={"name": self.settings.mongo_collection}
+                )
+        except ConnectionFailure:
+            raise
         except (PyMongoError, AttributeError, TypeError):
             return  # a failure here is no evidence of a drop
         if self.settings.mongo_collection in names:
