@@ -14,7 +14,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from cdcflow import naming
+from cdcflow import metrics, naming
 from cdcflow_operator import broker
 from cdcflow_operator.kube import Cluster
 from cdcflow_operator.manifests.common import (
@@ -170,8 +170,10 @@ def _observe_producer(
             values = read(f"http://{ip}:{naming.METRICS_PORT}{naming.METRICS_PATH}")
         except (OSError, ValueError):
             return  # unreachable (e.g. simulated nodes): the status leaves lag unknown
-        seen.capture_lag_seconds = values.get(naming.CAPTURE_LAG_METRIC)
-        seen.resume_token_age_seconds = values.get(naming.RESUME_TOKEN_AGE_METRIC)
+        seen.capture_lag_seconds = values.get(metrics.sample_name(metrics.CAPTURE_LAG_SECONDS))
+        seen.resume_token_age_seconds = values.get(
+            metrics.sample_name(metrics.RESUME_TOKEN_AGE_SECONDS)
+        )
         return
 
 

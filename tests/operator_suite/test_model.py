@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from cdcflow import config, metrics, naming
+from cdcflow import config
 from cdcflow_operator import crd, models, validation
 from cdcflow_operator.__main__ import main
 from tests.operator_suite.specs import SPECS, body
@@ -66,11 +66,6 @@ def test_crd_has_printer_columns_subresources_and_short_name() -> None:
     assert crd.build_crd()["spec"]["names"]["shortNames"] == ["pl"]
 
 
-def test_metric_names_the_operator_reads_exist_in_the_data_plane() -> None:
-    declared = {m._name for m in (metrics.CAPTURE_LAG_SECONDS, metrics.RESUME_TOKEN_AGE_SECONDS)}
-    assert declared == {naming.CAPTURE_LAG_METRIC, naming.RESUME_TOKEN_AGE_METRIC}
-
-
 @pytest.mark.parametrize("name", sorted(SPECS))
 def test_table_specs_are_valid(name: str) -> None:
     pipeline, problems = validation.parse(body(name, SPECS[name]))
@@ -84,7 +79,7 @@ def test_operator_package_imports_without_the_data_plane_extras() -> None:
         "import sys, cdcflow_operator.handlers, cdcflow_operator.reconciler;"
         "bad=[m for m in sys.modules if m.split('.')[0] in "
         "('apache_beam','chdb','nx_27017','matplotlib','pika','pymongo','pyarrow')"
-        " or m in ('cdcflow.broker','cdcflow.metrics','cdcflow.consumer','cdcflow.producer')];"
+        " or m in ('cdcflow.broker','cdcflow.consumer','cdcflow.producer')];"
         "print(bad); sys.exit(1 if bad else 0)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -85,10 +85,3 @@ def labels(pipeline: str, component: str) -> dict[str, str]:
 def selector(pipeline: str, component: str) -> dict[str, str]:
     """The labels that select one component's pods: stable for a Pipeline's life."""
     return {PIPELINE_LABEL: pipeline, INSTANCE_LABEL: pipeline, COMPONENT_LABEL: component}
-
-
-# --- metrics both planes read -----------------------------------------------------------
-# The operator reads these from the producer's /metrics for a Pipeline's status; the
-# data plane's metrics module declares them (a test checks the two agree).
-CAPTURE_LAG_METRIC: Final = "cdcflow_capture_lag_seconds"
-RESUME_TOKEN_AGE_METRIC: Final = "cdcflow_resume_token_age_seconds"
