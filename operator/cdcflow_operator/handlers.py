@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
+from collections import defaultdict
 from typing import Any
 
 import kopf
@@ -23,6 +25,9 @@ log = logging.getLogger(__name__)
 RESOURCE = (GROUP, VERSION, PLURAL)
 TIMER_INTERVAL_S = float(os.environ.get("CDCFLOW_OPERATOR_INTERVAL_S", "5"))
 _cluster: kube.Cluster | None = None
+# One reconcile of a Pipeline at a time: kopf runs the change handlers and the timer of
+# one object concurrently (sync handlers in a thread pool).
+_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
 
 
 def cluster() -> kube.Cluster:
@@ -44,7 +49,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 def _run(body: Any, *, scale: bool, permanent: bool) -> None:
     try:
-        reconciler.reconcile(body, cluster(), time.time(), scale=scale)
+        with _locks[body["metadata"]["uid"]]:
+            reconciler.reconcile(body, cluster(), time.time(), scale=scale)
     except reconciler.InvalidSpec as error:
         if permanent:
             raise kopf.PermanentError(f"invalid spec: {error}") from None

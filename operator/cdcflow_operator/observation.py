@@ -14,8 +14,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from cdcflow import naming
-from cdcflow.metrics import CAPTURE_LAG_SECONDS, RESUME_TOKEN_AGE_SECONDS, sample_name
+from cdcflow import metrics, naming
 from cdcflow_operator import broker
 from cdcflow_operator.kube import Cluster
 from cdcflow_operator.manifests.common import (
@@ -171,8 +170,10 @@ def _observe_producer(
             values = read(f"http://{ip}:{naming.METRICS_PORT}{naming.METRICS_PATH}")
         except (OSError, ValueError):
             return  # unreachable (e.g. simulated nodes): the status leaves lag unknown
-        seen.capture_lag_seconds = values.get(sample_name(CAPTURE_LAG_SECONDS))
-        seen.resume_token_age_seconds = values.get(sample_name(RESUME_TOKEN_AGE_SECONDS))
+        seen.capture_lag_seconds = values.get(metrics.sample_name(metrics.CAPTURE_LAG_SECONDS))
+        seen.resume_token_age_seconds = values.get(
+            metrics.sample_name(metrics.RESUME_TOKEN_AGE_SECONDS)
+        )
         return
 
 
