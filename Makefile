@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 export UV_PYTHON_DOWNLOADS := never
 export UV_LINK_MODE := copy
 
-.PHONY: install demo test lint unit integration chaos bench clean help prometheus rabbitmq generate \
+.PHONY: install demo test lint unit integration chaos bench clean help prometheus rabbitmq generate cluster-build cluster cluster-down \
 	engine engine-down images containers
 
 help:
@@ -26,6 +26,9 @@ help:
 	@echo "make chaos  - the chaos suite alone"
 	@echo "make bench  - benchmarks (QUICK=1 for a short run)"
 	@echo "make generate - rewrite the generated files (dashboards, alert rules, tables)"
+	@echo "make cluster       - start a local Kubernetes control plane (kwok nodes); prints export KUBECONFIG=..."
+	@echo "make cluster-down  - stop it"
+	@echo "make cluster-build - build its pinned binaries once (~20 min the first time; make test does it)"
 	@echo "make engine / engine-down - a private Docker daemon (prints export DOCKER_HOST=...)"
 	@echo "make images - build the container images (IMAGES=\"workers operator ...\" TAG=...)"
 
@@ -49,7 +52,7 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
 
-test: lint prometheus rabbitmq
+test: lint prometheus rabbitmq cluster-build
 	scripts/pytest.sh tests $(PYTEST_ARGS)
 
 # Real Prometheus/promtool for the alert-rule and scrape tests (Debian package;
@@ -77,6 +80,17 @@ integration: install rabbitmq
 
 chaos: install rabbitmq
 	scripts/pytest.sh tests/chaos -s $(PYTEST_ARGS)
+
+# The local Kubernetes control plane (docs/testing.md): binaries built once per machine
+# and version into ~/.cache/cdcflow/k8s/<version>/ (seconds when already there).
+cluster-build:
+	@nice -n 10 scripts/cluster/build.sh
+
+cluster: cluster-build
+	@scripts/cluster/start.sh
+
+cluster-down:
+	@scripts/cluster/stop.sh
 
 bench: install rabbitmq
 	$(BIN)/python -m bench $(if $(QUICK),--quick,)

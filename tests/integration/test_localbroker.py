@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
 from pathlib import Path
 
 import pika
@@ -124,3 +125,20 @@ def test_demo_starts_a_private_node_prints_its_ui_and_stops_it(
     assert (node_root / "rabbitmq.conf").exists(), "the node lives under <data dir>/rabbitmq"
     assert not (node_root / "node.json").exists(), "the node was stopped at the end"
     assert not RabbitNode(node_root, server=Path("x"), ctl=Path("y")).processes()
+
+
+def test_the_printed_rabbitmqctl_command_reaches_the_node(tmp_path: Path) -> None:
+    node = localbroker.start_node(tmp_path / "rabbitmq")
+    try:
+        result = subprocess.run(
+            f"{node.ctl_command()} list_vhosts -q",
+            shell=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={"PATH": os.environ["PATH"]},
+        )
+        assert result.returncode == 0, result.stderr
+        assert "/" in result.stdout.split()
+    finally:
+        node.stop()

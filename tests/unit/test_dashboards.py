@@ -128,19 +128,22 @@ def test_unused_metrics_are_the_reviewed_allow_list() -> None:
     )
 
 
+SCOPE = '{namespace=~"$namespace", pipeline=~"$pipeline"'
+
+
 def test_overview_shows_the_whole_pipeline() -> None:
     overview = _committed()["cdcflow-overview.json"]
     exprs = "\n".join(_exprs(overview))
     for stage in ("events_captured", "events_published", "messages_consumed", "rows_loaded"):
-        assert f"rate(cdcflow_{stage}_total[$__rate_interval])" in exprs
+        assert f"rate(cdcflow_{stage}_total{SCOPE}}}[$__rate_interval])" in exprs
     assert "sum by (reason) (rate(cdcflow_messages_dead_lettered_total" in exprs
     assert "cdcflow_capture_lag_seconds" in exprs
     for q in ("0.5", "0.99"):
         assert (
             f"histogram_quantile({q}, sum by (le) (rate(cdcflow_freshness_seconds_bucket" in exprs
         )
-    assert 'cdcflow_queue_depth_messages{queue="main"}' in exprs
-    assert 'cdcflow_queue_depth_messages{queue="failed"}' in exprs
+    assert f'cdcflow_queue_depth_messages{SCOPE}, queue="main"}}' in exprs
+    assert f'cdcflow_queue_depth_messages{SCOPE}, queue="failed"}}' in exprs
     assert "sum by (job, service) (rate(cdcflow_reconnects_total" in exprs
 
 
@@ -160,3 +163,16 @@ def test_descriptions_quote_the_metric_help_text() -> None:
 
 def test_sidecar_labels_follow_the_grafana_convention() -> None:
     assert dashboards.SIDECAR_LABELS == {"grafana_dashboard": "1"}
+
+
+def test_every_cdcflow_series_is_scoped_to_the_chosen_namespace_and_pipeline() -> None:
+    """Two pipelines, even in one namespace, never add up in a panel."""
+    for name, board in _committed().items():
+        variables = {item["name"]: item for item in board["templating"]["list"]}
+        for label in ("namespace", "pipeline"):
+            assert variables[label]["query"] == f"label_values(cdcflow_build_info, {label})"
+            assert variables[label]["includeAll"] and variables[label]["allValue"] == ".*"
+        for expr in _exprs(board):
+            for match in re.finditer(r"cdcflow_[a-z0-9_]+", expr):
+                rest = expr[match.end() :]
+                assert rest.startswith(SCOPE), f"{name}: {match.group()} unscoped in {expr}"

@@ -391,6 +391,7 @@ def broker(
             f"RabbitMQ ready in {node.started_in_s or 0:.0f} s\n"
             f"  export CDCFLOW_AMQP_URL='{node.amqp_url}'\n"
             f"  management UI: {node.management_url} (user {USER}, password {PASSWORD})\n"
+            f"  rabbitmqctl: {node.ctl_command()} list_queues\n"
             "Ctrl-C stops it.",
             highlight=False,
         )

@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -404,6 +405,13 @@ class RabbitNode:
                 f"{(result.stderr or result.stdout).strip()[-500:]}"
             )
         return result.stdout
+
+    def ctl_command(self) -> str:
+        """The shell command that runs ``rabbitmqctl`` against this node, for people."""
+        env = self.environment()
+        keys = ("HOME", "ERL_EPMD_PORT")
+        prefix = " ".join(f"{key}={shlex.quote(env[key])}" for key in keys)
+        return f"{prefix} {shlex.quote(str(self.ctl_path))} -n {self.node}"
 
     def stop_app(self) -> None:
         self.ctl("stop_app")

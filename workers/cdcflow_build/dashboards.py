@@ -44,6 +44,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from cdcflow import metrics as m
 from cdcflow.alerts import DEFAULT_THRESHOLDS as T
 from cdcflow.alerts import ROOT, metric, write_changed
+from cdcflow.naming import PIPELINE_METRIC_LABEL
 
 DASHBOARDS_DIR = ROOT / "helm" / "cdcflow" / "dashboards"
 SIDECAR_LABELS = {"grafana_dashboard": "1"}
@@ -55,28 +56,40 @@ JOBS = '{job=~".*cdcflow.*"}'
 
 
 # --- PromQL: every metric name comes from a cdcflow.metrics collector ---------------------
+# Every series is selected by the namespace and pipeline variables, so two pipelines
+# (even in one namespace) never add up in a panel. "All" is ".*", which also matches
+# series without the label (a Prometheus that does not relabel pods).
+SCOPE = f'namespace=~"$namespace", {PIPELINE_METRIC_LABEL}=~"${PIPELINE_METRIC_LABEL}"'
+
+
+def scoped(name: str, matchers: str = "") -> str:
+    """``name{namespace=~..., pipeline=~..., <matchers>}``."""
+    inner = f"{SCOPE}, {matchers}" if matchers else SCOPE
+    return f"{name}{{{inner}}}"
+
+
 def _agg(op: str, inner: str, by: str) -> str:
     return f"{op} by ({by}) ({inner})" if by else f"{op}({inner})"
 
 
 def rate(collector: MetricWrapperBase, by: str = "") -> str:
-    return _agg("sum", f"rate({metric(collector)}[{RATE}])", by)
+    return _agg("sum", f"rate({scoped(metric(collector))}[{RATE}])", by)
 
 
 def increase(collector: MetricWrapperBase, by: str = "", suffix: str | None = None) -> str:
-    return _agg("sum", f"increase({metric(collector, suffix)}[{RATE}])", by)
+    return _agg("sum", f"increase({scoped(metric(collector, suffix))}[{RATE}])", by)
 
 
-def gauge(collector: MetricWrapperBase, by: str = "", selector: str = "") -> str:
-    return _agg("max", f"{metric(collector)}{selector}", by)
+def gauge(collector: MetricWrapperBase, by: str = "", matchers: str = "") -> str:
+    return _agg("max", scoped(metric(collector), matchers), by)
 
 
 def since(collector: MetricWrapperBase) -> str:
-    return f"time() - max({metric(collector)})"
+    return f"time() - max({scoped(metric(collector))})"
 
 
 def quantiles(histogram: MetricWrapperBase, *qs: float) -> list[tuple[str, str]]:
-    bucket = metric(histogram, "_bucket")
+    bucket = scoped(metric(histogram, "_bucket"))
     return [
         (f"histogram_quantile({q}, sum by (le) (rate({bucket}[{RATE}])))", f"p{round(q * 100)}")
         for q in qs
@@ -142,6 +155,22 @@ class Board:
     rows: Sequence[Row]
 
 
+def _label_variable(label: str, title: str) -> db.QueryVariable:
+    """A multi-value variable over one label of ``cdcflow_build_info`` (every worker
+    sets it at start), "All" meaning any value or none."""
+    build_info = metric(m.BUILD_INFO)
+    return (
+        db.QueryVariable(label)
+        .label(title)
+        .datasource(DATASOURCE)
+        .query(f"label_values({build_info}, {label})")
+        .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .include_all(True)
+        .all_value(".*")
+        .multi(True)
+    )
+
+
 def _thresholds(values: Sequence[float]) -> db.ThresholdsConfig:
     steps = [dm.Threshold(value=None, color="green")]
     colors = ("orange", "red") if len(values) > 1 else ("red",)
@@ -195,6 +224,8 @@ def build(board: Board) -> dict[str, Any]:
         .timezone("browser")
         .tooltip(dm.DashboardCursorSync.CROSSHAIR)
         .with_variable(db.DatasourceVariable("datasource").label("Data source").type("prometheus"))
+        .with_variable(_label_variable("namespace", "Namespace"))
+        .with_variable(_label_variable(PIPELINE_METRIC_LABEL, "Pipeline"))
         .with_variable(db.AdHocVariable("filters").label("Filters").datasource(DATASOURCE))
         .link(links.as_dropdown(True).include_vars(True).keep_time(True))
     )
@@ -216,8 +247,8 @@ LOADED = (rate(m.ROWS_LOADED), "loaded")
 DEAD_LETTERED = (rate(m.MESSAGES_DEAD_LETTERED), "dead-lettered")
 LAG = (gauge(m.CAPTURE_LAG_SECONDS), "lag")
 LAG_LINES = (T.capture_lag_seconds / 2, T.capture_lag_seconds)
-MAIN = (gauge(m.QUEUE_DEPTH, selector='{queue="main"}'), "main")
-FAILED = (gauge(m.QUEUE_DEPTH, selector='{queue="failed"}'), "failed")
+MAIN = (gauge(m.QUEUE_DEPTH, matchers='queue="main"'), "main")
+FAILED = (gauge(m.QUEUE_DEPTH, matchers='queue="failed"'), "failed")
 HISTORY_LOST = (increase(m.HISTORY_LOST), "history lost")
 RECONNECTS = ops(
     "Reconnects by service", (rate(m.RECONNECTS, "job, service"), "{{job}} {{service}}")
@@ -270,7 +301,7 @@ OVERVIEW = Board(
             RECONNECTS,
             series("Errors", (rate(m.WAREHOUSE_RETRIES), "warehouse retries/s"), HISTORY_LOST),
             series("Targets up", (f"up{JOBS}", "{{job}} {{instance}}"), note="Scrape health."),
-            Panel("Versions", [(metric(m.BUILD_INFO), "")], kind="table"),
+            Panel("Versions", [(scoped(metric(m.BUILD_INFO)), "")], kind="table"),
         ),
     ],
 )
