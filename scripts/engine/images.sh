@@ -65,5 +65,7 @@ for name in $images; do
   size=$("${docker[@]}" image inspect --format '{{.Size}}' "$ref")
   summary+=("$(printf '%-28s %6d MB %5d s' "$ref" $(( size / 1000000 )) "$secs")")
 done
+# Earlier builds of these images, now untagged, would pile up in the data root.
+"${docker[@]}" image prune -f --filter "label=org.opencontainers.image.source=https://github.com/cdcflow/cdcflow" >/dev/null || true
 printf '%-28s %9s %7s\n' image size build
 printf '%s\n' "${summary[@]}"

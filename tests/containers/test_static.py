@@ -1,6 +1,6 @@
 """Static checks of the container files: every Dockerfile ends as a non-root user, every
-base is pinned by digest (through the BASE build argument's default), and the engine and
-image shell scripts pass shellcheck."""
+base is pinned by digest (through the BASE build argument's default), and every shell
+script of the repository (scripts/, images/) passes shellcheck."""
 
 from __future__ import annotations
 
