@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 export UV_PYTHON_DOWNLOADS := never
 export UV_LINK_MODE := copy
 
-.PHONY: install demo test lint unit integration chaos bench clean help prometheus rabbitmq generate flink
+.PHONY: install demo test lint unit integration chaos bench clean help prometheus rabbitmq generate cluster-build cluster cluster-down flink
 
 help:
 	@echo "make demo   - local end-to-end demo (EVENTS=$(EVENTS) RATE=$(RATE) BAD=$(BAD))"
@@ -26,6 +26,9 @@ help:
 	@echo "make bench  - benchmarks (QUICK=1 for a short run)"
 	@echo "make generate - rewrite the generated files (dashboards, alert rules, tables)"
 	@echo "make flink  - fetch and check the Flink job server (Java 17 + Maven; cached)"
+	@echo "make cluster       - start a local Kubernetes control plane (kwok nodes); prints export KUBECONFIG=..."
+	@echo "make cluster-down  - stop it"
+	@echo "make cluster-build - build its pinned binaries once (~20 min the first time; make test does it)"
 
 $(UV):
 	@command -v $(PYTHON) >/dev/null || { echo "cdcflow needs Python 3.11 ($(PYTHON) not found)"; exit 1; }
@@ -47,7 +50,7 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
 
-test: lint prometheus rabbitmq flink
+test: lint prometheus rabbitmq cluster-build flink
 	scripts/pytest.sh tests $(PYTEST_ARGS)
 
 # Real Prometheus/promtool for the alert-rule and scrape tests (Debian package;
@@ -81,6 +84,17 @@ integration: install rabbitmq flink
 
 chaos: install rabbitmq flink
 	scripts/pytest.sh tests/chaos -s $(PYTEST_ARGS)
+
+# The local Kubernetes control plane (docs/testing.md): binaries built once per machine
+# and version into ~/.cache/cdcflow/k8s/<version>/ (seconds when already there).
+cluster-build:
+	@nice -n 10 scripts/cluster/build.sh
+
+cluster: cluster-build
+	@scripts/cluster/start.sh
+
+cluster-down:
+	@scripts/cluster/stop.sh
 
 bench: install rabbitmq flink
 	$(BIN)/python -m bench $(if $(QUICK),--quick,)

@@ -26,6 +26,10 @@ from cdcflow.localstack import MongoServer, start_mongo
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 
+# The `control_plane` (session) and `k8s_namespace` fixtures: a real Kubernetes API
+# server for any test that asks for one (started lazily, once per session).
+pytest_plugins = ["tests.control_plane"]
+
 
 @dataclass(frozen=True)
 class BrokerNames:
