@@ -32,6 +32,7 @@ STOP = threading.Event()
 """Set on SIGTERM: sources stop taking messages, retry loops give up."""
 
 _consumers: dict[str, RabbitConsumer] = {}
+_closers: list[Callable[[], None]] = []
 _slots: dict[str, Slot] = {}
 _lock = threading.Lock()
 _pending_acks = 0
@@ -123,16 +124,31 @@ def lookup(key: str) -> RabbitConsumer:
     return consumer
 
 
+def on_close(closer: Callable[[], None]) -> None:
+    """Run ``closer`` at :func:`close_all`: for what a DoFn opened and may never get to
+    close. A cancelled Flink job never tears its DoFns down (the SDK harness's streams
+    just break), and a chdb warehouse left open in this process blocks the next one."""
+    with _lock:
+        _closers.append(closer)
+
+
 def close_all() -> None:
     """Close every connection and forget every slot (the end of a consumer run)."""
     global _pending_acks
     with _lock:
         consumers = list(_consumers.items())
+        closers = list(_closers)
         _consumers.clear()
+        _closers.clear()
         _slots.clear()
         _pending_acks = 0
     for _, consumer in consumers:
         consumer.close()
+    for closer in closers:
+        try:
+            closer()
+        except Exception:  # closing what is gone already: nothing to do
+            log.debug("closing a DoFn resource failed", exc_info=True)
 
 
 def retry_until_done(

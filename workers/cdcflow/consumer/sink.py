@@ -82,7 +82,8 @@ class _WriteFn(beam.DoFn):
 
     def _open(self) -> Warehouse:
         if self._warehouse is None:
-            self._warehouse = Warehouse(self._settings)
+            self._warehouse = warehouse = Warehouse(self._settings)
+            runtime.on_close(warehouse.close)  # also when Flink never tears this down
         return self._warehouse
 
     def _drop(self, error: Exception) -> None:
