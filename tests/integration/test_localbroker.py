@@ -9,6 +9,8 @@ from __future__ import annotations
 import io
 import os
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pika
@@ -81,6 +83,38 @@ def test_a_node_left_running_by_a_killed_run_is_stopped_by_the_next_start(tmp_pa
     finally:
         successor.stop()
     assert not stray.processes()
+
+
+def test_a_node_whose_owner_is_killed_is_stopped_by_its_watchdog(tmp_path: Path) -> None:
+    """SIGKILL of the process that started a node (a test run, the demo): no stop runs,
+    yet the node and its epmd go, so nothing is left listening on the machine."""
+    root = tmp_path / "rabbitmq"
+    owner = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from cdcflow import localbroker;"
+            "localbroker.start_node(Path(sys.argv[1])); print('up', flush=True); time.sleep(600)",
+            str(root),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert owner.stdout is not None and owner.stdout.readline().strip() == "up"
+        node = RabbitNode(root, server=Path("/bin/true"), ctl=Path("/bin/true"))
+        assert node.processes(), "the owner started a node"
+        owner.kill()
+        owner.wait(timeout=10)
+        deadline = time.monotonic() + 60
+        while node.processes() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        watchdog_log = root / "log" / "watchdog.log"
+        assert not node.processes(), watchdog_log.read_text() if watchdog_log.exists() else "no log"
+    finally:
+        owner.kill()
+        for pid in RabbitNode(root, server=Path("/bin/true"), ctl=Path("/bin/true")).processes():
+            os.kill(pid, 9)
 
 
 def test_a_configured_broker_is_used_and_no_node_is_started(tmp_path: Path) -> None:

@@ -198,6 +198,7 @@ class RabbitNode:
         self.node = f"cdcflow-{digest}@localhost"
         self.ports = NodePorts.choose()
         self.process: subprocess.Popen[bytes] | None = None
+        self.watchdog: subprocess.Popen[bytes] | None = None
         self.started_in_s: float | None = None
 
     # -- addresses -------------------------------------------------------------------
@@ -309,6 +310,7 @@ class RabbitNode:
         self._state_file.write_text(
             json.dumps({"pid": self.process.pid, "node": self.node, "ports": asdict(self.ports)})
         )
+        self._start_watchdog()
         try:
             self._await_ready(timeout)
         except BaseException:
@@ -317,6 +319,32 @@ class RabbitNode:
         self.started_in_s = time.monotonic() - began
         log.info("RabbitMQ node %s ready in %.1f s", self.node, self.started_in_s)
         return self
+
+    def _start_watchdog(self) -> None:
+        """Stop the node when this process dies without stopping it (SIGKILL, OOM).
+
+        A node outlives whoever started it (its own session, so that a Ctrl-C is the
+        owner's to handle); without this, a killed demo or test run would leave a node
+        and its epmd running until the machine is cleaned.
+        """
+        env = {key: value for key, value in os.environ.items() if not key.startswith("RABBITMQ_")}
+        with (self.root / "log" / "watchdog.log").open("ab") as out:
+            self.watchdog = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "cdcflow.localbroker",
+                    "watchdog",
+                    str(os.getpid()),
+                    str(self.root),
+                    str(self.process.pid if self.process else 0),
+                ],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
 
     def _await_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -362,6 +390,9 @@ class RabbitNode:
 
     def stop(self, timeout: float = 60.0) -> None:
         """Stop the node (``rabbitmqctl stop``, then its PID), its epmd; ports freed."""
+        if self.watchdog is not None and self.watchdog.poll() is None:
+            self.watchdog.kill()
+            self.watchdog.wait(timeout=10)
         process = self.process
         if process is not None and process.poll() is None:
             with contextlib.suppress(subprocess.TimeoutExpired, OSError):
@@ -469,9 +500,37 @@ def private_node(root: Path, *, timeout: float = 120.0) -> Iterator[RabbitNode]:
         node.stop()
 
 
+def watch_owner(owner: int, root: Path, server_pid: int, poll_s: float = 1.0) -> None:
+    """Wait until process ``owner`` is gone, then stop the node it left under ``root``.
+
+    Only if that node (``server_pid``) still owns the folder: a later start there
+    (which stops strays itself) belongs to someone else.
+    """
+    while True:
+        try:
+            os.kill(owner, 0)
+        except ProcessLookupError:
+            break
+        except PermissionError:
+            pass  # alive, another user's
+        time.sleep(poll_s)
+    node = RabbitNode(root, server=_REAL_BIN / "rabbitmq-server", ctl=_REAL_BIN / "rabbitmqctl")
+    state = _NodeState.read(node._state_file)
+    if state is not None and state.pid == server_pid and node.processes():
+        log.warning("owner %d is gone: stopping its RabbitMQ node in %s", owner, root)
+        node._stop_stray()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m cdcflow.localbroker install``: what ``make rabbitmq`` runs."""
+    """``python -m cdcflow.localbroker install``: what ``make rabbitmq`` runs.
+
+    (``watchdog OWNER_PID ROOT SERVER_PID`` is what a started node runs beside itself.)
+    """
     args = sys.argv[1:] if argv is None else argv
+    if len(args) == 4 and args[0] == "watchdog":
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+        watch_owner(int(args[1]), Path(args[2]), int(args[3]))
+        return 0
     if args != ["install"]:
         print("usage: python -m cdcflow.localbroker install", file=sys.stderr)  # noqa: T201
         return 2
