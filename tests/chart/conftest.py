@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,58 @@ from tests.control_plane import ControlPlane, binaries_dir
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "cdcflow"
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
+
+AUDIT_POLICY = """\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: None
+    userGroups: ["system:serviceaccounts:kube-system"]
+  - level: Metadata
+    userGroups: ["system:serviceaccounts"]
+  - level: None
+"""
+AUDIT_LOG_ENV = "CDCFLOW_TEST_AUDIT_LOG"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Turn on the API server's audit log (ServiceAccounts' requests, metadata only) for
+    this session's control plane, so test_install.py can list every call the operator
+    made with the chart's RBAC. The cluster starts lazily, after collection, and
+    start.sh passes CDCFLOW_KUBE_APISERVER_ARGS to kube-apiserver."""
+    if AUDIT_LOG_ENV in os.environ:
+        return
+    folder = Path(tempfile.mkdtemp(prefix="cdcflow-audit-"))
+    policy = folder / "policy.yaml"
+    policy.write_text(AUDIT_POLICY)
+    log = folder / "audit.log"
+    extra = f"--audit-policy-file={policy} --audit-log-path={log} --audit-log-format=json"
+    os.environ["CDCFLOW_KUBE_APISERVER_ARGS"] = (
+        f"{os.environ.get('CDCFLOW_KUBE_APISERVER_ARGS', '')} {extra}".strip()
+    )
+    os.environ[AUDIT_LOG_ENV] = str(log)
+
+
+def audited_calls(username: str) -> list[dict[str, Any]]:
+    """The audit events of one user (each: verb, objectRef, responseStatus)."""
+    path = Path(os.environ[AUDIT_LOG_ENV])
+    if not path.exists():
+        pytest.fail(
+            f"no audit log at {path}: the control plane started before tests/chart/conftest.py "
+            "could enable it (run the chart tests in their own session)",
+            pytrace=False,
+        )
+    events = []
+    for line in path.read_text().splitlines():
+        event = json.loads(line)
+        if (
+            event.get("user", {}).get("username") == username
+            and event.get("stage") == "ResponseComplete"
+        ):
+            events.append(event)
+    return events
+
 
 ALL_ON: dict[str, Any] = {
     "image": {"repository": "registry.example.com/cdcflow/operator", "tag": "0.1.0"},
@@ -146,3 +200,10 @@ def monitoring_crds(control_plane: ControlPlane) -> Iterator[list[Path]]:
             "--timeout=60s",
         )
     yield files
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Remove the audit folder made by pytest_configure (after the cluster has stopped)."""
+    log = os.environ.get(AUDIT_LOG_ENV)
+    if log and Path(log).parent.name.startswith("cdcflow-audit-"):
+        shutil.rmtree(Path(log).parent, ignore_errors=True)

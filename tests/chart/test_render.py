@@ -212,7 +212,8 @@ def test_pod_monitors_match_the_alert_rules_jobs(all_on: list[dict[str, Any]]) -
         ("consumer", thresholds.consumer_job),
     ):
         monitor = monitors[component]
-        job = f"{monitor['metadata']['namespace']}/{monitor['metadata']['name']}"  # Prometheus' job name
+        # Prometheus names a PodMonitor's job <namespace>/<name>.
+        job = f"{monitor['metadata']['namespace']}/{monitor['metadata']['name']}"
         assert re.fullmatch(pattern, job), (job, pattern)
         (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
         assert endpoint["port"] == "metrics"
