@@ -14,8 +14,8 @@ PIPELINE="viewing-logs"  # examples/pipeline.yaml's name
 TAG="${TAG:-$(sed -nE 's/^version = "([^"]+)"/\1/p' "$REPO_ROOT/pyproject.toml" | head -1)}"
 export CLUSTER KIND_CONFIG TAG NODE_IMAGE PIPELINE OPERATOR_NAMESPACE PIPELINE_NAMESPACE
 
-say() { printf 'kind-up: %s\n' "$*" >&2; }
-die() { printf 'kind-up: error: %s\n' "$*" >&2; exit 1; }
+say() { printf '%s: %s\n' "${0##*/}" "$*" >&2; }
+die() { printf '%s: error: %s\n' "${0##*/}" "$*" >&2; exit 1; }
 
 # A tool from PATH, else from cdcflow's caches (kubectl and helm from `make cluster-build`).
 tool() {
