@@ -330,3 +330,19 @@ def test_schema_accepts_every_documented_value(helm: Helm) -> None:
     defaults = yaml.safe_load((CHART / "values.yaml").read_text())
     helm.template(defaults)
     helm.template(ALL_ON)
+
+
+def test_packaged_chart_carries_its_generated_files(helm: Helm, tmp_path: Path) -> None:
+    """``helm package`` keeps crds/, files/ and the dashboards (the templates read them)
+    and leaves out the promtool twin of the rules (.helmignore)."""
+    import tarfile
+
+    helm.run("package", str(CHART), "--destination", str(tmp_path))
+    (archive,) = tmp_path.glob("cdcflow-*.tgz")
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+    assert "cdcflow/crds/pipeline.yaml" in names
+    assert "cdcflow/files/rbac-rules.yaml" in names
+    assert "cdcflow/alerts/cdcflow-rules.yaml" in names
+    assert {f"cdcflow/dashboards/{p.name}" for p in DASHBOARDS} <= names
+    assert not any(name.endswith(".prom.yaml") for name in names)
