@@ -17,7 +17,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_LINK_MODE := copy
 
 .PHONY: install demo test lint unit integration chaos bench clean help prometheus rabbitmq generate cluster-build cluster cluster-down flink \
-	engine engine-down images containers crds
+	engine engine-down images containers crds kind-up kind-down chart
 
 help:
 	@echo "make demo   - local end-to-end demo (EVENTS=$(EVENTS) RATE=$(RATE) BAD=$(BAD))"
@@ -33,6 +33,9 @@ help:
 	@echo "make flink  - fetch and check the Flink job server (Java 17 + Maven; cached)"
 	@echo "make engine / engine-down - a private Docker daemon (prints export DOCKER_HOST=...)"
 	@echo "make images - build the container images (IMAGES=\"workers operator ...\" TAG=...)"
+	@echo "make kind-up   - kind cluster + images + chart + examples/pipeline.yaml until Ready (PROMETHEUS=1 adds Prometheus/Grafana)"
+	@echo "make kind-down - delete that kind cluster"
+	@echo "make chart     - the Helm chart's tests (lint, schema, server dry runs, helm install)"
 
 $(UV):
 	@command -v $(PYTHON) >/dev/null || { echo "cdcflow needs Python 3.11 ($(PYTHON) not found)"; exit 1; }
@@ -125,3 +128,13 @@ images:
 
 containers: install
 	scripts/pytest.sh tests/containers $(PYTEST_ARGS)
+
+# kind (docs/kubernetes.md): needs docker and a kind node image (pulled, or docker-loaded).
+kind-up:
+	@bash scripts/kind/up.sh
+
+kind-down:
+	@bash scripts/kind/down.sh
+
+chart: install cluster-build
+	scripts/pytest.sh tests/chart $(PYTEST_ARGS)

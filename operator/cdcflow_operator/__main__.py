@@ -1,7 +1,7 @@
 """``cdcflow-operator``: run the operator, or print/write what it is generated from.
 
 cdcflow-operator run [--namespace NS ... | --all-namespaces]   reconcile Pipelines
-cdcflow-operator crd [--write | --check]                       crds/pipeline.yaml
+cdcflow-operator crd [--write | --check]                       crds/pipeline.yaml, chart copies
 cdcflow-operator rbac                                          the ClusterRole
 """
 
@@ -28,14 +28,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     scope.add_argument("--all-namespaces", "-A", action="store_true", help="Watch every namespace.")
     run.add_argument("--verbose", action="store_true", help="Debug logs.")
+    run.add_argument(
+        "--liveness",
+        metavar="URL",
+        help="Serve kopf's liveness probe at this URL (the chart: http://0.0.0.0:8080/healthz); "
+        "it fails when the operator's event loop stops answering.",
+    )
     crd = sub.add_parser("crd", help="Print the CRD generated from the model.")
     mode = crd.add_mutually_exclusive_group()
     mode.add_argument(
         "--write",
         action="store_true",
-        help="Write crds/pipeline.yaml and the spec table of docs/operator.md if changed.",
+        help="Write crds/pipeline.yaml, the spec table of docs/operator.md and the chart's "
+        "copies (helm/cdcflow/crds/, files/rbac-rules.yaml) if changed.",
     )
-    mode.add_argument("--check", action="store_true", help="Exit 1 if crds/pipeline.yaml is stale.")
+    mode.add_argument(
+        "--check", action="store_true", help="Exit 1 if crds/ or the chart's copies are stale."
+    )
     sub.add_parser("rbac", help="Print the ClusterRole the operator needs.")
     return parser
 
@@ -46,16 +55,23 @@ def main(argv: list[str] | None = None) -> int:
         from cdcflow_operator import crd
 
         if args.write:
-            from cdcflow_operator import reference
+            from cdcflow_operator import chart, reference
 
             for path, changed in (
                 (crd.CRD_PATH, crd.write()),
                 (reference.DOC_PATH, reference.write()),
+                *chart.write(),
             ):
                 sys.stdout.write(f"{path}: {'written' if changed else 'up to date'}\n")
         elif args.check:
+            from cdcflow_operator import chart
+
+            stale = chart.stale()
             if not crd.CRD_PATH.exists() or crd.CRD_PATH.read_text() != crd.render():
-                sys.stderr.write(f"{crd.CRD_PATH} is stale: run `make crds`\n")
+                stale.insert(0, crd.CRD_PATH)
+            for path in stale:
+                sys.stderr.write(f"{path} is stale: run `make crds`\n")
+            if stale:
                 return 1
         else:
             sys.stdout.write(crd.render())
@@ -74,9 +90,13 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if args.all_namespaces:
-        kopf.run(standalone=True, clusterwide=True)
+        kopf.run(standalone=True, clusterwide=True, liveness_endpoint=args.liveness)
     else:
-        kopf.run(standalone=True, namespaces=args.namespace or ["default"])
+        kopf.run(
+            standalone=True,
+            namespaces=args.namespace or ["default"],
+            liveness_endpoint=args.liveness,
+        )
     return 0
 
 

@@ -28,7 +28,7 @@ PLURAL = "pipelines"
 SINGULAR = "pipeline"
 SHORT_NAMES = ("pl",)
 
-DEFAULT_IMAGE = "cdcflow-workers:0.1.0"
+DEFAULT_IMAGE = "cdcflow/workers:0.1.0"
 DEFAULT_RABBITMQ_IMAGE = "rabbitmq:3.13-management"
 DEFAULT_CLICKHOUSE_IMAGE = "clickhouse/clickhouse-server:25.8"
 

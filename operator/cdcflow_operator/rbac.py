@@ -1,11 +1,20 @@
 """The operator's RBAC: exactly what it needs, as the chart ships it (one source).
 
 ``cdcflow-operator rbac`` prints the ClusterRole; the chart (helm/cdcflow) renders
-these same rules, and the end-to-end tests run the operator with nothing more.
-Secrets: ``get`` to check the references and read the broker's URL for queue depth,
-``create`` for the credentials of managed RabbitMQ and ClickHouse; never list,
-watch, update or delete. ``endpoints get`` is held because the operator grants it
-to the managed RabbitMQ's peer discovery (RBAC forbids granting what one lacks).
+these same rules (files/rbac-rules.yaml, written by ``make crds``), and the end-to-end
+tests run the operator with nothing more. tests/chart/test_install.py compares them with
+the requests the operator makes (the API server's audit log) and the calls in kube.py:
+a grant that neither uses fails it.
+
+Children: ``list`` (drift and leftovers), ``patch`` and ``create`` (server-side apply;
+an apply that creates is authorized as a create), ``delete`` (leftovers); never get,
+watch or update. Secrets: ``get`` to check the references and read the broker's URL for
+queue depth, ``create`` for the credentials of managed RabbitMQ and ClickHouse; never
+list, watch, update or delete. The Pipeline: kopf lists, watches and patches it
+(finalizer, progress annotations); the reconciler patches its status. Namespaces and
+CRDs: kopf's observers list and watch them. ``endpoints get`` is held because the
+operator grants it to the managed RabbitMQ's peer discovery (RBAC forbids granting
+what one lacks).
 """
 
 from __future__ import annotations
@@ -15,23 +24,22 @@ from typing import Any
 from cdcflow import naming
 from cdcflow_operator.models import GROUP, PLURAL
 
-CHANGE = ["get", "list", "watch", "create", "patch", "update", "delete"]
-READ = ["get", "list", "watch"]
+CHANGE = ["list", "create", "patch", "delete"]
+OBSERVE = ["list", "watch"]
 
 RULES: list[dict[str, Any]] = [
-    {"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["get", "list", "watch", "patch"]},
-    {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["get", "patch", "update"]},
-    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
-    {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+    {"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["list", "watch", "patch"]},
+    {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["patch"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
     {
         "apiGroups": [""],
         "resources": ["services", "configmaps", "serviceaccounts", "persistentvolumeclaims"],
         "verbs": CHANGE,
     },
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create"]},
-    {"apiGroups": [""], "resources": ["pods"], "verbs": READ},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
     {"apiGroups": [""], "resources": ["endpoints"], "verbs": ["get"]},
-    {"apiGroups": [""], "resources": ["namespaces"], "verbs": READ},
+    {"apiGroups": [""], "resources": ["namespaces"], "verbs": OBSERVE},
     {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets"], "verbs": CHANGE},
     {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": CHANGE},
     {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": CHANGE},
@@ -44,7 +52,7 @@ RULES: list[dict[str, Any]] = [
     {
         "apiGroups": ["apiextensions.k8s.io"],
         "resources": ["customresourcedefinitions"],
-        "verbs": READ,
+        "verbs": OBSERVE,
     },
 ]
 
