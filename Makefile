@@ -32,7 +32,7 @@ help:
 	@echo "make cluster-build - build its pinned binaries once (~20 min the first time; make test does it)"
 	@echo "make flink  - fetch and check the Flink job server (Java 17 + Maven; cached)"
 	@echo "make engine / engine-down - a private Docker daemon (prints export DOCKER_HOST=...)"
-	@echo "make images - build the container images (IMAGES=\"workers operator ...\" TAG=...)"
+	@echo "make images - build the container images (IMAGES=\"workers flink operator nx27017 rabbitmq\" TAG=...)"
 	@echo "make kind-up   - kind cluster + images + chart + examples/pipeline.yaml until Ready (PROMETHEUS=1 adds Prometheus/Grafana)"
 	@echo "make kind-down - delete that kind cluster"
 	@echo "make chart     - the Helm chart's tests (lint, schema, server dry runs, helm install)"

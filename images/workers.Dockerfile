@@ -1,7 +1,11 @@
-# The data-plane image: `cdcflow produce`, `cdcflow consume` (in-process runner),
+# The data-plane images: `cdcflow produce`, `cdcflow consume` (in-process runner),
 # `cdcflow simulate`, `verify`, `status` ... configured entirely by CDCFLOW_* env.
 # Build from the repository root:
-#   docker build -f images/workers.Dockerfile -t cdcflow-workers .
+#   docker build -f images/workers.Dockerfile -t cdcflow/workers .            (the default target)
+#   docker build -f images/workers.Dockerfile --target flink -t cdcflow/flink .
+# The `flink` target is the same image plus Java 17 and Beam's Flink job server (the jars
+# images/flink/pom.xml resolves through Maven, checked against images/flink/jars.sha256,
+# exactly what `make flink` fetches locally): the consumer on Beam's Flink runner.
 # BASE names the base image: the official Python image pinned by digest by default; any
 # Debian bookworm image works (python3 is installed from Debian when the base lacks it, as
 # in the debootstrap base `make images` uses where no registry is reachable).
@@ -35,7 +39,26 @@ RUN --mount=type=secret,id=cacert --mount=type=cache,target=/root/.cache \
       export PIP_CERT=/run/secrets/cacert SSL_CERT_FILE=/run/secrets/cacert; fi \
     && /opt/uv/bin/uv sync --locked --no-dev --no-editable ${EXTRAS}
 
-FROM python
+# Beam's Flink job server: resolved by the repository's pom, every jar checked against the
+# committed checksums; the JDK, Maven and the proxy's CA stay in this stage.
+FROM python AS jars
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends openjdk-17-jdk-headless maven ca-certificates-java \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /build
+COPY images/flink/pom.xml images/flink/jars.sha256 ./
+RUN --mount=type=secret,id=cacert --mount=type=cache,target=/root/.m2 \
+    if [ -s /run/secrets/cacert ]; then \
+      awk '/BEGIN CERTIFICATE/{n++; f="/usr/local/share/ca-certificates/build-" n ".crt"} \
+           n{print > f} /END CERTIFICATE/{close(f)}' \
+        /run/secrets/cacert && update-ca-certificates >/dev/null; fi \
+    && mvn -B -q -C package \
+    && mkdir -p /opt/cdcflow/flink \
+    && mv target/cdcflow-flink-job-server.jar target/lib jars.sha256 /opt/cdcflow/flink/ \
+    && cd /opt/cdcflow/flink && sha256sum --check --quiet --strict jars.sha256 \
+    && test "$(find lib -name '*.jar' | wc -l)" -eq "$(grep -c ' lib/' jars.sha256)"
+
+FROM python AS runtime
 # /var/lib/cdcflow: where an embedded warehouse (chdb) or other state goes; owned by the
 # user so a fresh named volume mounted there is writable.
 RUN useradd --uid 10001 --user-group --create-home --shell /usr/sbin/nologin cdcflow \
@@ -51,6 +74,31 @@ WORKDIR /home/cdcflow
 EXPOSE 9464 9465
 ENTRYPOINT ["cdcflow"]
 CMD ["--help"]
+
+# The consumer on Beam's Flink runner (Flink embedded in the pod, `cdcflow consume`).
+FROM runtime AS flink
+USER root
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
+    && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt /var/log/dpkg.log
+COPY --from=jars /opt/cdcflow/flink /opt/cdcflow/flink
+ENV CDCFLOW_RUNNER=flink \
+    CDCFLOW_FLINK_JOB_SERVER_JAR=/opt/cdcflow/flink/cdcflow-flink-job-server.jar
+USER 10001:10001
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG CREATED=unknown
+LABEL org.opencontainers.image.title="cdcflow-flink" \
+      org.opencontainers.image.description="cdcflow consumer on Beam's Flink runner: the workers image, Java 17 and Beam 2.62.0's Flink 1.19 job server" \
+      org.opencontainers.image.source="https://github.com/cdcflow/cdcflow" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}"
+
+# The default target: simulator, producer, in-process consumer, tools.
+FROM runtime AS workers
+USER 10001:10001
 # Labels last: a new revision or date changes only metadata, no layer is rebuilt.
 ARG VERSION=0.1.0
 ARG REVISION=unknown

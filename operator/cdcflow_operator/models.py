@@ -29,6 +29,7 @@ SINGULAR = "pipeline"
 SHORT_NAMES = ("pl",)
 
 DEFAULT_IMAGE = "cdcflow/workers:0.1.0"
+DEFAULT_FLINK_IMAGE = "cdcflow/flink:0.1.0"  # the workers image + Java 17 + the job server
 DEFAULT_RABBITMQ_IMAGE = "rabbitmq:3.13-management"
 DEFAULT_CLICKHOUSE_IMAGE = "clickhouse/clickhouse-server:25.8"
 
@@ -317,7 +318,13 @@ class ConsumerSpec(_ConsumerBase):  # type: ignore[misc,valid-type]
         ConsumerRunner.flink_embedded,
         description="flink-embedded (Flink in each pod, LOOPBACK SDK harness) or inprocess.",
     )
-    image: str | None = Field(None, description="Consumer image; default: spec.image.")
+    image: str | None = Field(
+        None,
+        description=(
+            f"Consumer image; default: {DEFAULT_FLINK_IMAGE} (Java 17 and Beam's Flink job"
+            " server) for flink-embedded, spec.image for inprocess."
+        ),
+    )
     replicas: int = Field(
         1,
         ge=0,

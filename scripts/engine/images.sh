@@ -9,7 +9,7 @@ set -euo pipefail
 . "$(dirname "$0")/common.sh"
 cd "$(dirname "$0")/../.."
 
-images="${IMAGES:-workers operator nx27017 rabbitmq}"
+images="${IMAGES:-workers flink operator nx27017 rabbitmq}"
 tag="${TAG:-$(sed -nE 's/^version = "([^"]+)"/\1/p' pyproject.toml | head -1)}"
 docker=(docker)
 private=0
@@ -43,7 +43,14 @@ ca="${CDCFLOW_BUILD_CA:-/etc/ssl/certs/ca-certificates.crt}"
 
 summary=()
 for name in $images; do
-  [ -f "images/$name.Dockerfile" ] || die "no images/$name.Dockerfile (IMAGES=$images)"
+  # flink: the workers image's `flink` target (the same layers plus Java and the jars).
+  dockerfile="images/$name.Dockerfile"
+  target=()
+  case $name in
+    workers) target=(--target workers) ;;
+    flink) dockerfile=images/workers.Dockerfile; target=(--target flink) ;;
+  esac
+  [ -f "$dockerfile" ] || die "no $dockerfile (IMAGES=$images)"
   base_arg=()
   if [ "$name" = rabbitmq ]; then
     [ -n "$debian_base" ] && base_arg=(--build-arg "BASE=$debian_base")
@@ -55,7 +62,7 @@ for name in $images; do
   start=$(date +%s)
   log="$(mktemp)"
   if ! nice "${docker[@]}" build --network host "${build_args[@]}" "${base_arg[@]}" "${secret[@]}" \
-      -f "images/$name.Dockerfile" -t "$ref" . >"$log" 2>&1; then
+      "${target[@]}" -f "$dockerfile" -t "$ref" . >"$log" 2>&1; then
     tail -30 "$log" >&2
     rm -f "$log"
     die "building $ref failed (last lines above)"

@@ -9,7 +9,7 @@ usage() {
 Usage: scripts/kind/up.sh [--dry-run] [--help]
 
 Creates the kind cluster "$CLUSTER" from kind-config.yaml (reused when it exists), builds
-the workers and operator images (scripts/engine/images.sh) and loads them into it, installs
+the workers, flink and operator images (scripts/engine/images.sh) and loads them into it, installs
 the chart helm/cdcflow (CRD applied server-side first), applies examples/mongodb.yaml (a
 one-node MongoDB replica set and Secret mongo) and examples/pipeline.yaml, and waits until
 Pipeline $PIPELINE is Ready. Host ports (kind-config.yaml): RabbitMQ UI 15672, ClickHouse
@@ -47,7 +47,7 @@ run() {
 
 timeout_wait="${TIMEOUT:-600s}"
 prometheus="${PROMETHEUS:-0}"
-images=("cdcflow/workers:$TAG" "cdcflow/operator:$TAG")
+images=("cdcflow/workers:$TAG" "cdcflow/flink:$TAG" "cdcflow/operator:$TAG")
 
 if [ "$dry_run" -eq 1 ]; then
   kind=kind kubectl=kubectl helm=helm
@@ -79,7 +79,7 @@ run "$kubectl" config use-context "kind-$CLUSTER"
 
 # 2. Images: built here, loaded into every node (no registry involved).
 if [ "${SKIP_IMAGES:-0}" != 1 ]; then
-  run env IMAGES="workers operator" TAG="$TAG" "$REPO_ROOT/scripts/engine/images.sh"
+  run env IMAGES="workers flink operator" TAG="$TAG" "$REPO_ROOT/scripts/engine/images.sh"
 fi
 run "$kind" load docker-image --name "$CLUSTER" "${images[@]}"
 

@@ -68,7 +68,8 @@ def test_kind_up_steps_in_order() -> None:
     order = [
         f"kind create cluster --name demo --config {CONFIG}",
         "scripts/engine/images.sh",
-        "kind load docker-image --name demo cdcflow/workers:9.9.9 cdcflow/operator:9.9.9",
+        "kind load docker-image --name demo cdcflow/workers:9.9.9 cdcflow/flink:9.9.9"
+        " cdcflow/operator:9.9.9",
         "apply --server-side --force-conflicts -f " + str(REPO / "helm/cdcflow/crds/pipeline.yaml"),
         f"helm upgrade --install cdcflow {REPO / 'helm/cdcflow'}",
         "-f " + str(REPO / "examples/mongodb.yaml"),

@@ -19,7 +19,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 ENGINE = REPO / "scripts" / "engine"
-IMAGES = ("workers", "operator", "nx27017", "rabbitmq")
+IMAGES = ("workers", "flink", "operator", "nx27017", "rabbitmq")
 TAG = "0.1.0"
 
 

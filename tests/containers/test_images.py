@@ -5,6 +5,7 @@ non-root user and carries the OCI labels. Sizes and build times are printed by t
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 import urllib.request
 import uuid
@@ -13,7 +14,8 @@ from collections.abc import Callable
 import pymongo
 import pytest
 
-from tests.containers.conftest import Engine
+from cdcflow_operator.manifests.common import FLINK_JOB_SERVER_JAR
+from tests.containers.conftest import REPO, Engine
 from tests.prometheus_support import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.containers]
@@ -21,7 +23,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.containers]
 OCI = ("title", "description", "source", "licenses", "version")
 
 
-@pytest.mark.parametrize("name", ["workers", "operator", "nx27017", "rabbitmq"])
+@pytest.mark.parametrize("name", ["workers", "flink", "operator", "nx27017", "rabbitmq"])
 def test_image_is_labelled_and_non_root(engine: Engine, images: dict[str, str], name: str) -> None:
     config = json.loads(engine.run("image", "inspect", images[name]).stdout)[0]["Config"]
     labels = config["Labels"] or {}
@@ -45,7 +47,7 @@ def test_workers_image_has_no_ca_bundle_of_the_build_machine(
     engine: Engine, images: dict[str, str]
 ) -> None:
     """The CA bundle is a build secret: nothing under /run/secrets is left in an image."""
-    for name in ("workers", "operator", "nx27017"):
+    for name in ("workers", "flink", "operator", "nx27017"):
         done = engine.run(
             "run",
             "--rm",
@@ -59,6 +61,45 @@ def test_workers_image_has_no_ca_bundle_of_the_build_machine(
             check=False,
         )
         assert done.stdout.strip() == "", f"{name}: /run/secrets holds {done.stdout}"
+
+
+def test_flink_image_carries_java_17_and_the_checked_job_server(
+    engine: Engine, images: dict[str, str]
+) -> None:
+    """What the consumer on Flink needs in a pod, with nothing to download there: Java 17,
+    every jar the lock file lists (checksums checked again in the image) and a job server
+    whose classpath resolves (its driver parses its options and prints them)."""
+
+    def run(entrypoint: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return engine.run(
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--entrypoint",
+            entrypoint,
+            images["flink"],
+            *args,
+            check=False,
+        )
+
+    java = run("java", "-version")
+    assert java.returncode == 0 and 'version "17.' in java.stderr, java.stderr
+    checked = run(
+        "sh", "-c", "cd /opt/cdcflow/flink && sha256sum --check --strict --quiet jars.sha256"
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    listed = (REPO / "images" / "flink" / "jars.sha256").read_text().splitlines()
+    count = run("sh", "-c", "find /opt/cdcflow/flink -name '*.jar' | wc -l")
+    assert int(count.stdout) == len(listed)
+    driver = run("sh", "-c", 'java -jar "$CDCFLOW_FLINK_JOB_SERVER_JAR" --help 2>&1')
+    assert "--flink-master" in driver.stdout and "--job-port" in driver.stdout, driver.stdout[
+        -2000:
+    ]
+    env = json.loads(engine.run("image", "inspect", images["flink"]).stdout)[0]["Config"]["Env"]
+    assert "CDCFLOW_RUNNER=flink" in env
+    # Where the operator's consumer pods look for it.
+    assert f"CDCFLOW_FLINK_JOB_SERVER_JAR={FLINK_JOB_SERVER_JAR}" in env
 
 
 def test_operator_image_is_the_light_core(engine: Engine, images: dict[str, str]) -> None:

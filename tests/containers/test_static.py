@@ -44,6 +44,16 @@ def test_final_stage_runs_as_non_root(path: Path) -> None:
     assert user not in {"root", "0"}, f"{path.name}: final USER is {users[-1]}"
 
 
+def test_every_built_target_runs_as_non_root() -> None:
+    """`make images` also builds the workers file's `flink` stage: it too ends non-root."""
+    steps = instructions(REPO / "images" / "workers.Dockerfile")
+    starts = [i for i, (word, _) in enumerate(steps) if word == "FROM"]
+    flink = next(i for i in starts if steps[i][1].split()[-1] == "flink")
+    end = min([i for i in starts if i > flink] or [len(steps)])
+    users = [rest for word, rest in steps[flink:end] if word == "USER"]
+    assert users and users[-1].split(":")[0] not in {"root", "0"}, users
+
+
 @pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
 def test_every_base_is_pinned_by_digest(path: Path) -> None:
     steps = instructions(path)
@@ -58,14 +68,14 @@ def test_every_base_is_pinned_by_digest(path: Path) -> None:
             continue
         parts = rest.split()
         image = parts[0]
+        if len(parts) == 3 and parts[1].upper() == "AS":
+            stages.add(parts[2])
         if image in stages:
             continue  # an earlier stage of this file
         resolved = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), ""), image)
         assert re.search(r"@sha256:[0-9a-f]{64}$", resolved), (
             f"{path.name}: FROM {image} resolves to {resolved!r}, not pinned by digest"
         )
-        if len(parts) == 3 and parts[1].upper() == "AS":
-            stages.add(parts[2])
 
 
 @pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)

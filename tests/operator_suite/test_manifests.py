@@ -11,7 +11,7 @@ import pytest
 from cdcflow import naming
 from cdcflow_operator.manifests import build_all
 from cdcflow_operator.manifests.workers import build_consumer, build_producer
-from cdcflow_operator.models import Pipeline
+from cdcflow_operator.models import DEFAULT_FLINK_IMAGE, DEFAULT_IMAGE, Pipeline
 from tests.operator_suite.specs import SPECS, body
 
 VERSIONS = ["1.32", "1.33", "1.34", "1.35", "1.36", "1.37"]
@@ -91,6 +91,24 @@ def test_consumer_replicas_and_runner() -> None:
     assert env["CDCFLOW_METRICS_PORT"] == str(naming.METRICS_PORT)
     chdb = build_consumer(Pipeline.from_body(body("p", SPECS["embedded-chdb"])), 4)
     assert chdb["spec"]["replicas"] == 1 and chdb["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_the_consumer_image_is_the_one_its_runner_needs() -> None:
+    """The workers image has no Java: a Flink consumer on it could never start."""
+
+    def image(spec: dict[str, Any]) -> str:
+        consumer = build_consumer(Pipeline.from_body(body("p", spec)), 1)
+        return str(consumer["spec"]["template"]["spec"]["containers"][0]["image"])
+
+    source = SPECS["defaults"]["source"]
+    assert image({"source": source}) == DEFAULT_FLINK_IMAGE != DEFAULT_IMAGE
+    assert image({"source": source, "image": "me/workers:2"}) == DEFAULT_FLINK_IMAGE
+    assert image(
+        {"source": source, "image": "me/workers:2", "consumer": {"runner": "inprocess"}}
+    ) == ("me/workers:2")
+    assert image({"source": source, "consumer": {"image": "me/flink:2"}}) == "me/flink:2"
+    producer = build_producer(Pipeline.from_body(body("p", {"source": source})))
+    assert producer["spec"]["template"]["spec"]["containers"][0]["image"] == DEFAULT_IMAGE
 
 
 def test_every_child_is_owned_and_labelled() -> None:

@@ -15,8 +15,9 @@ Manifest = dict[str, Any]
 WORKERS_UID: Final = 10001  # images/workers.Dockerfile's user
 RABBITMQ_UID: Final = 999  # the rabbitmq image's user
 CLICKHOUSE_UID: Final = 101  # the clickhouse-server image's user
-FLINK_JOB_SERVER_JAR: Final = "/opt/cdcflow/beam-flink-job-server.jar"
-"""Where the consumer image ships Beam's Flink job-server jar (nothing is downloaded)."""
+FLINK_JOB_SERVER_JAR: Final = "/opt/cdcflow/flink/cdcflow-flink-job-server.jar"
+"""Where the flink image (images/workers.Dockerfile, target flink) ships Beam's Flink
+job server; nothing is downloaded in a pod."""
 
 # Secrets the operator creates once for a managed broker or warehouse (never updated).
 BROKER_CREDENTIALS: Final = "rabbitmq-credentials"

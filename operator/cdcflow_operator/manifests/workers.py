@@ -24,7 +24,7 @@ from cdcflow_operator.manifests.common import (
     worker_env,
     worker_pod_spec,
 )
-from cdcflow_operator.models import ConsumerRunner, DeletionPolicy, Pipeline
+from cdcflow_operator.models import DEFAULT_FLINK_IMAGE, ConsumerRunner, DeletionPolicy, Pipeline
 
 CHDB_CLAIM = "warehouse"
 
@@ -115,6 +115,20 @@ def consumer_env(pipeline: Pipeline) -> list[dict[str, Any]]:
     return env
 
 
+def consumer_image(pipeline: Pipeline) -> str:
+    """The consumer's image: the one named, else the one its runner needs.
+
+    The Flink runner needs Java and the job server's jars, which the workers image
+    (also the producer's) does not carry.
+    """
+    spec = pipeline.spec
+    if spec.consumer.image:
+        return spec.consumer.image
+    if spec.consumer.runner is ConsumerRunner.flink_embedded:
+        return DEFAULT_FLINK_IMAGE
+    return spec.image
+
+
 def build_consumer(pipeline: Pipeline, replicas: int) -> Manifest:
     """Competing consumers of the one queue; ``replicas`` comes from the autoscaler.
 
@@ -136,7 +150,7 @@ def build_consumer(pipeline: Pipeline, replicas: int) -> Manifest:
         ["consume"],
         consumer_env(pipeline),
         spec.consumer.resources.to_k8s(),
-        image=spec.consumer.image,
+        image=consumer_image(pipeline),
         mounts=mounts,
     )
     strategy: dict[str, Any] = (
