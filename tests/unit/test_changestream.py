@@ -21,6 +21,7 @@ from cdcflow.config import Settings
 from cdcflow.errors import HistoryLost
 from cdcflow.events import decode_envelope, encode_change
 from cdcflow.health import Health
+from cdcflow.packing import unpack
 from cdcflow.producer.changestream import (
     ChangeReader,
     SplitEventAssembler,
@@ -247,19 +248,31 @@ class FakePublisher:
 
     @property
     def published(self) -> int:
-        return sum(1 for entry in self.entries if entry.body is not None)
+        return sum(entry.changes for entry in self.entries)
 
     confirmed = published
+
+    @property
+    def messages_confirmed(self) -> int:
+        return sum(1 for entry in self.entries if entry.body is not None)
 
     def stop(self, timeout: float = 5.0) -> None:
         return None
 
+    def bodies(self) -> list[bytes]:
+        """Every change message's body, batch messages unpacked, in order."""
+        bodies: list[bytes] = []
+        for entry in self.entries:
+            if entry.body is None or entry.routing_key is not None:  # a failed-event record
+                continue
+            if entry.changes > 1:
+                bodies += unpack(entry.body).changes
+            else:
+                bodies.append(entry.body)
+        return bodies
+
     def ops(self) -> list[str]:
-        return [
-            decode_envelope(e.body).op.value
-            for e in self.entries
-            if e.body is not None and e.routing_key is None  # not a failed-event record
-        ]
+        return [decode_envelope(body).op.value for body in self.bodies()]
 
 
 def test_reader_raises_history_lost_at_watch(lost_reply):

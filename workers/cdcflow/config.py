@@ -228,6 +228,27 @@ class ProducerSettings(Section):
     )
     snapshot_batch: int = Field(1000, ge=1, description="Documents per snapshot read batch.")
     stream_batch: int = Field(1000, ge=1, description="Change-stream cursor batch size.")
+    pack_max_changes: int = Field(
+        100,
+        ge=1,
+        le=10000,
+        description="Changes packed into one AMQP message, at most (1: one change per "
+        "message). Queue depth then counts messages, not changes.",
+    )
+    pack_max_bytes: int = Field(
+        120_000,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description="Bytes of one packed message, at most (a change larger than this "
+        "travels alone); the default fits one AMQP frame (128 KiB).",
+    )
+    pack_linger_s: float = Field(
+        0.01,
+        ge=0,
+        le=1.0,
+        description="Seconds a partly filled message waits for more changes before it is "
+        "published (a burst fills it at once; a trickle pays at most this in freshness).",
+    )
     mirror_drop_as_deletes: bool = Field(
         False,
         description="When the source collection is dropped, mark every warehouse row of it "
@@ -255,7 +276,10 @@ class ConsumerSettings(Section):
         description="Messages/s the Flink consumer must sustain; sizes its default prefetch.",
     )
     batch_max_messages: int = Field(
-        1000, ge=1, description="Messages per bundle (one warehouse insert)."
+        1000,
+        ge=1,
+        description="Changes per bundle (one warehouse insert): a bundle takes messages until "
+        "they carry this many changes (a batch message counts all of its own).",
     )
     batch_max_s: float = Field(
         0.2, gt=0, description="Seconds a batch keeps filling after its first message."
@@ -264,7 +288,9 @@ class ConsumerSettings(Section):
         None, gt=0, description="Stop the consumer after this many idle seconds (demo, tests)."
     )
     max_messages: int | None = Field(
-        None, ge=1, description="Stop the consumer after this many messages (demo, tests)."
+        None,
+        ge=1,
+        description="Stop the consumer after this many changes, counted per message (demo, tests).",
     )
     flink_master: str = Field(
         "[local]", description="Flink master for --runner flink: [local] embeds Flink."

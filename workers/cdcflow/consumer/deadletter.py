@@ -25,6 +25,8 @@ from cdcflow import broker
 from cdcflow.config import Settings
 from cdcflow.consumer.batches import Rejection
 from cdcflow.consumer.rabbitmq import Delivery, OutgoingMessage
+from cdcflow.events import CONTENT_TYPE
+from cdcflow.packing import H_CHANGES, amqp_message_id
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,8 @@ H_ATTEMPTS = "x-cdcflow-attempts"
 H_ROUTING_KEY = "x-cdcflow-original-routing-key"
 H_EXCHANGE = "x-cdcflow-original-exchange"
 H_DOC_ID = "x-cdcflow-doc-id"
+H_BATCH_MESSAGE_ID = "x-cdcflow-batch-message-id"  # a change dead-lettered out of a batch
+H_BATCH_POSITION = "x-cdcflow-batch-position"
 DELIVERY_LIMIT_REASON = "delivery_limit_exceeded"
 
 
@@ -45,9 +49,24 @@ def _now_iso() -> str:
 
 
 def dead_letter(delivery: Delivery, rejection: Rejection, settings: Settings) -> OutgoingMessage:
-    """The failed-queue copy of a delivery: same body and message_id, reason in headers."""
+    """The failed-queue record of a rejection: reason in headers.
+
+    A rejection of a whole message copies it (same body and message_id). A change
+    rejected inside a batch message becomes a one-change message of its own: its
+    envelope as the body (or, for a message cut short, the fragment that arrived),
+    its own message_id, and headers naming the batch message it came from, so
+    ``cdcflow dlq replay`` puts back just that change.
+    """
     original = delivery.properties
     headers: dict[str, Any] = dict(original.headers or {})
+    body, content_type, message_id = delivery.body, original.content_type, original.message_id
+    if rejection.position is not None:
+        headers.pop(H_CHANGES, None)
+        headers[H_BATCH_MESSAGE_ID] = original.message_id or ""
+        headers[H_BATCH_POSITION] = rejection.position
+        body = rejection.body if rejection.body is not None else b""
+        content_type = CONTENT_TYPE
+        message_id = rejection.message_id or f"{original.message_id}#{rejection.position}"
     attempts = int(headers.get(H_ATTEMPTS, 0) or 0) + 1
     now = _now_iso()
     headers.update(
@@ -65,13 +84,13 @@ def dead_letter(delivery: Delivery, rejection: Rejection, settings: Settings) ->
     if rejection.doc_id is not None:
         headers[H_DOC_ID] = rejection.doc_id
     properties = BasicProperties(
-        content_type=original.content_type,
-        message_id=original.message_id,
+        content_type=content_type,
+        message_id=amqp_message_id(message_id) if message_id else None,
         timestamp=original.timestamp,
         delivery_mode=pika.DeliveryMode.Persistent,
         headers=headers,
     )
-    return OutgoingMessage("", settings.failed_queue_name, delivery.body, properties)
+    return OutgoingMessage("", settings.failed_queue_name, body, properties)
 
 
 def reason_of(properties: BasicProperties) -> str:
