@@ -124,6 +124,7 @@ def test_mixed_workload_end_to_end_is_verified_and_observed(
             assert stages["loaded"]["total"] == loaded
             assert stages["dead-lettered"]["total"] == dead
             assert status["queue_depth"] == 0
+            assert status["changes_per_message"] == round(per_message, 2)
             assert status["failed_queue_depth"] == dead
 
         exits = pipeline.drain_and_stop()
