@@ -276,10 +276,11 @@ class ConsumerSettings(Section):
         description="Messages/s the Flink consumer must sustain; sizes its default prefetch.",
     )
     batch_max_messages: int = Field(
-        1000,
+        5000,
         ge=1,
         description="Changes per bundle (one warehouse insert): a bundle takes messages until "
-        "they carry this many changes (a batch message counts all of its own).",
+        "they carry this many changes (a batch message counts all of its own). A trickle "
+        "closes a bundle after batch_max_s; larger inserts cost less per row.",
     )
     batch_max_s: float = Field(
         0.2, gt=0, description="Seconds a batch keeps filling after its first message."
