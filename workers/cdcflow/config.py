@@ -267,8 +267,11 @@ class ConsumerSettings(Section):
         None,
         ge=1,
         le=65535,
-        description="RabbitMQ consumer prefetch (QoS). Default: 2000 in-process; on Flink, "
-        "consume_rate x (checkpoint interval + 1 s) + a batch, since acks wait for checkpoints.",
+        description="RabbitMQ consumer prefetch (QoS), in messages. Default: 2000 in-process; "
+        "on Flink, consume_rate x (checkpoint interval + 1 s) + a batch, since acks wait for "
+        "checkpoints. That default assumes one change per message: with batch messages it "
+        "buffers up to pack_max_changes times more, so on Flink set it to about that "
+        "figure divided by the changes per message (cdcflow status shows it).",
     )
     consume_rate: float = Field(
         4000.0,
