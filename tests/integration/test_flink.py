@@ -219,9 +219,9 @@ def test_end_to_end_on_flink_verifies_equal_and_stops_cleanly(
     wait_for(lambda: depths(settings)[0] == 0, 180, "the queue to drain")
     published = pipeline.producer.metrics().value("cdcflow_events_published_total")
     wait_for(
-        lambda: pipeline.consumer.metrics().value("cdcflow_messages_acked_total") >= published,
+        lambda: pipeline.consumer.metrics().value("cdcflow_changes_acked_total") >= published,
         60,
-        "every message to be acked (after checkpoints)",
+        "every change to be acked (after checkpoints)",
     )
     # SIGTERM: the consumer stops its job and its job server, and exits 0.
     code, _ = pipeline.consumer.terminate(timeout=60)
