@@ -15,9 +15,16 @@ nx-27017, the local RabbitMQ and a fresh chdb folder; progress is read from thei
   ``loaded_at − cluster_time`` (what the consumer's freshness metric observes;
   on nx-27017 cluster time is stamped when the producer *reads* the event).
 * **Backlog memory**: a collection of N documents exists before the producer
-  starts, so it snapshots and publishes N messages as fast as it can (its peak
-  RSS is sampled meanwhile); then the consumer starts on that N-message backlog
-  and its peak RSS is sampled until the queue is drained.
+  starts, so it snapshots and publishes N changes as fast as it can (its peak
+  RSS is sampled meanwhile); then the consumer starts on that N-change backlog
+  (fewer messages: the producer packs them) and its peak RSS is sampled until the
+  queue is drained.
+* **CPU**: per event, from /proc, of every process during the end-to-end run:
+  the pipeline (producer, broker, consumer) against the source (MongoDB and the
+  writer), and how many changes each message carried.
+
+Progress is counted in changes (``cdcflow_events_published_total``,
+``cdcflow_changes_acked_total``), never in messages.
 """
 
 from __future__ import annotations
@@ -36,9 +43,10 @@ from bench.stack import BenchError, RssSampler, Scratch, Worker
 from cdcflow.config import Settings
 from cdcflow.metrics import (
     BATCH_SIZE,
+    CHANGES_ACKED,
+    CHANGES_PER_MESSAGE,
     EVENTS_PUBLISHED,
     LAST_LOAD_TIMESTAMP,
-    MESSAGES_ACKED,
     sample_name,
 )
 from cdcflow.mongo import open_mongo_client
@@ -47,7 +55,11 @@ from cdcflow.warehouse.client import Warehouse
 
 log = logging.getLogger(__name__)
 
-ACKED = sample_name(MESSAGES_ACKED)
+ACKED = sample_name(CHANGES_ACKED)  # changes: a batch message carries many
+PACKED_CHANGES = sample_name(CHANGES_PER_MESSAGE, "_sum")
+PACKED_MESSAGES = sample_name(CHANGES_PER_MESSAGE, "_count")
+PIPELINE_PROCESSES = ("producer", "rabbitmq", "consumer")
+SOURCE_PROCESSES = ("mongodb", "simulator+bench")
 PUBLISHED = sample_name(EVENTS_PUBLISHED)
 LAST_LOAD = sample_name(LAST_LOAD_TIMESTAMP)
 DRAIN_TIMEOUT_S = 300.0
@@ -93,6 +105,31 @@ def _meter(
     if broker_pid is not None:
         pids["rabbitmq"] = broker_pid
     return stack.CpuMeter(pids)
+
+
+def _packing(consumer: Worker) -> tuple[float, float]:
+    """(changes, messages) the consumer has received so far."""
+    scraped = consumer.scrape()
+    return scraped.value(PACKED_CHANGES), scraped.value(PACKED_MESSAGES)
+
+
+def _changes_per_message(consumer: Worker, since: tuple[float, float]) -> float:
+    changes, messages = _packing(consumer)
+    changes, messages = changes - since[0], messages - since[1]
+    return round(changes / messages, 1) if messages else 0.0
+
+
+def split_cpu(cpu_us_per_event: dict[str, float]) -> dict[str, float]:
+    """The pipeline's CPU per event (producer, broker, consumer) against the source's
+    (MongoDB and the writer: the simulator, in the benchmark's own process with its
+    few metric scrapes), and their ratio."""
+    pipeline_us = sum(cpu_us_per_event.get(name, 0.0) for name in PIPELINE_PROCESSES)
+    source_us = sum(cpu_us_per_event.get(name, 0.0) for name in SOURCE_PROCESSES)
+    return {
+        "pipeline_cpu_us_per_event": pipeline_us,
+        "source_cpu_us_per_event": source_us,
+        "pipeline_vs_source_cpu": pipeline_us / source_us if source_us else math.inf,
+    }
 
 
 def _batches(consumer: Worker) -> tuple[float, float]:
@@ -206,6 +243,7 @@ def _burst(
 ) -> None:
     """``events`` changes at unbounded write rate: end-to-end events/s."""
     base = producer.value(PUBLISHED)
+    packing_before = _packing(consumer)
     finish_profile = attach([producer, consumer], "e2e")
     burst = settings.with_overrides(rate=math.inf, events=events)
     meter = _meter(producer, consumer, mongo_pid, scratch.broker_pid)
@@ -225,6 +263,10 @@ def _burst(
         if process != "wall"
     }
     result.notes["e2e_mean_batch"] = _mean_batch(consumer)
+    if "rabbitmq" not in cpu:
+        result.notes["pipeline_cpu_without_broker"] = "the broker's process was not found"
+    result.figures.update(split_cpu(result.notes["e2e_cpu_us_per_event"]))
+    result.figures["changes_per_message"] = _changes_per_message(consumer, packing_before)
     last_load = consumer.value(LAST_LOAD)
     result.figures["e2e_events_per_s"] = stats.events / (last_load - first_write)
     result.notes["e2e_seconds"] = last_load - first_write

@@ -14,6 +14,7 @@ from cdcflow import broker
 from cdcflow.config import Settings
 from cdcflow.events import CONTENT_TYPE, EncodedChange, encode_change
 from cdcflow.localstack import start_worker
+from cdcflow.packing import BATCH_CONTENT_TYPE, H_CHANGES, pack
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,6 +71,24 @@ def publish(
                 ),
             )
             count += 1
+    return count
+
+
+def publish_packed(
+    settings: Settings, messages: Sequence[EncodedChange | bytes], per_message: int
+) -> int:
+    """Publish the changes packed ``per_message`` to a batch message, as the producer
+    packs them; returns how many messages."""
+    bodies = [m.body if isinstance(m, EncodedChange) else m for m in messages]
+    count = 0
+    for start in range(0, len(bodies), per_message):
+        chunk = bodies[start : start + per_message]
+        count += publish(
+            settings,
+            [pack(chunk)],
+            content_type=BATCH_CONTENT_TYPE,
+            headers={H_CHANGES: str(len(chunk))},
+        )
     return count
 
 

@@ -343,8 +343,19 @@ class ScalingSpec(Model):
     enabled: bool = Field(True, description="Scale consumers from queue depth.")
     min_replicas: int = Field(1, ge=0, le=1000, description="Fewest consumers (0: scale to zero).")
     max_replicas: int = Field(10, ge=1, le=1000, description="Most consumers.")
-    target_messages_per_replica: int = Field(
-        1000, ge=1, description="Queue depth one consumer is expected to handle."
+    target_changes_per_replica: int = Field(
+        1000,
+        ge=1,
+        description="Backlog in changes one consumer is expected to handle. Queue depth "
+        "counts messages, and a message carries many changes (producer.packMaxChanges): "
+        "the target in messages is this divided by the consumers' observed changes per "
+        "message (1 until observed).",
+    )
+    target_messages_per_replica: int | None = Field(
+        None,
+        ge=1,
+        description="Queue depth in messages one consumer is expected to handle; when set, "
+        "used as is instead of targetChangesPerReplica.",
     )
     activation_threshold: int = Field(
         0, ge=0, description="From zero, scale up only when depth exceeds this."

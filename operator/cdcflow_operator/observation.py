@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -116,6 +116,7 @@ def observe(
     *,
     read_depth: DepthReader | None = None,
     read_producer_metrics: MetricsReader | None = None,
+    read_consumer_metrics: MetricsReader | None = None,
 ) -> Observed:
     """Children owned by the Pipeline, their readiness, referenced Secrets, depth, lag."""
     seen = Observed()
@@ -142,6 +143,7 @@ def observe(
         )
     _observe_depth(pipeline, cluster, seen, read_depth or broker.read_depth)
     _observe_producer(pipeline, cluster, seen, read_producer_metrics or read_metrics)
+    _observe_changes_per_message(pipeline, cluster, seen, read_consumer_metrics or read_metrics)
     return seen
 
 
@@ -175,6 +177,29 @@ def _observe_producer(
             metrics.sample_name(metrics.RESUME_TOKEN_AGE_SECONDS)
         )
         return
+
+
+def _observe_changes_per_message(
+    pipeline: Pipeline, cluster: Cluster, seen: Observed, read: MetricsReader
+) -> None:
+    """Mean changes per consumed message over the running consumer pods (for the
+    scaler: queue depth counts messages). Left unknown when no consumer answers."""
+    if seen.reading is None:
+        return
+    total = messages = 0.0
+    pods = cluster.pods(pipeline.namespace, naming.selector(pipeline.name, naming.CONSUMER))
+    for pod in pods:
+        ip = getattr(pod.status, "pod_ip", None)
+        if not ip or getattr(pod.status, "phase", None) != "Running":
+            continue
+        try:
+            values = read(f"http://{ip}:{naming.METRICS_PORT}{naming.METRICS_PATH}")
+        except (OSError, ValueError):
+            continue  # unreachable (e.g. simulated nodes): the others may answer
+        total += values.get(metrics.sample_name(metrics.CHANGES_PER_MESSAGE, "_sum"), 0.0)
+        messages += values.get(metrics.sample_name(metrics.CHANGES_PER_MESSAGE, "_count"), 0.0)
+    if messages > 0:
+        seen.reading = replace(seen.reading, changes_per_message=total / messages)
 
 
 def owned_children(seen: Observed, uid: str) -> dict[tuple[str, str], dict[str, Any]]:

@@ -9,8 +9,11 @@ keep asking for. In order:
    ``failureThreshold`` failures in a row the count is ``fallbackReplicas`` (KEDA's
    fallback), clamped to [min, max].
 3. **Depth** counts ready *plus unacknowledged* messages: work in flight is never
-   invisible (KEDA counts ready messages only, so a busy consumer looks idle).
-4. **Recommendation** ``ceil(depth / targetMessagesPerReplica)``; when depth is at or
+   invisible (KEDA counts ready messages only, so a busy consumer looks idle). A
+   message carries many changes (the producer packs them), so the target is set in
+   changes and turned into messages with the changes per message the consumers
+   observe (:func:`messages_per_replica`).
+4. **Recommendation** ``ceil(depth / messages per replica)``; when depth is at or
    below ``activationThreshold`` the scaler is inactive and recommends 0 (KEDA's
    activation), and the recommendation is clamped to [min, max].
 5. **Never to zero while messages are unacknowledged** (KEDA's scale-to-zero requeue
@@ -44,6 +47,9 @@ class DepthReading:
     unacked: int
     source: str
     ack_rate: float | None = None  # acknowledgements per second, all consumers
+    # Mean changes per consumed message, from the consumers' cdcflow_changes_per_message
+    # (None: not observed, e.g. no consumer running: taken as 1).
+    changes_per_message: float | None = None
 
     @property
     def depth(self) -> int:
@@ -85,14 +91,24 @@ def _clamp(value: int, low: int, high: int) -> int:
     return max(low, min(high, value))
 
 
+def messages_per_replica(spec: ScalingSpec, changes_per_message: float | None) -> float:
+    """Step 3: the target queue depth per replica, in messages.
+
+    ``targetMessagesPerReplica`` when set; else ``targetChangesPerReplica`` divided by
+    the observed changes per message (unknown or below 1: 1, i.e. one change per
+    message, which recommends more replicas rather than fewer), at least one message.
+    """
+    if spec.target_messages_per_replica is not None:
+        return float(spec.target_messages_per_replica)
+    ratio = changes_per_message if changes_per_message and changes_per_message > 1 else 1.0
+    return max(1.0, spec.target_changes_per_replica / ratio)
+
+
 def recommend(reading: DepthReading, spec: ScalingSpec) -> int:
     """Steps 3-5: the raw recommendation for one reading, clamped to [min, max]."""
     depth = reading.depth
-    raw = (
-        0
-        if depth <= spec.activation_threshold
-        else math.ceil(depth / spec.target_messages_per_replica)
-    )
+    target = messages_per_replica(spec, reading.changes_per_message)
+    raw = 0 if depth <= spec.activation_threshold else math.ceil(depth / target)
     if reading.unacked > 0:
         raw = max(raw, 1)
     return _clamp(raw, spec.min_replicas, spec.max_replicas)
@@ -102,12 +118,12 @@ def _held_for_unacked(reading: DepthReading, spec: ScalingSpec) -> bool:
     """Step 5 is what keeps a replica: without the unacked messages it would be zero."""
     if reading.unacked == 0 or spec.min_replicas > 0:
         return False
-    return recommend(DepthReading(reading.ready, 0, reading.source), spec) == 0
+    return recommend(replace(reading, unacked=0), spec) == 0
 
 
 def _drain_floor(reading: DepthReading, current: int, spec: ScalingSpec) -> int:
     """Step 7: fewest replicas that still drain the backlog within the scale-down window."""
-    if reading.depth <= spec.target_messages_per_replica or current == 0:
+    if reading.depth <= messages_per_replica(spec, reading.changes_per_message) or current == 0:
         return 0  # no backlog: less than one replica's worth
     if not reading.ack_rate or reading.ack_rate <= 0:
         return current
@@ -191,7 +207,7 @@ def desired_replicas(
         reason = "ScaledUp"
         message = (
             f"{depth_text}: {current} -> {stepped} replicas "
-            f"(target {spec.target_messages_per_replica} per replica)"
+            f"(target {_target_text(spec, reading)} per replica)"
         )
     elif stepped < current:
         reason = "ScaledDown"
@@ -202,6 +218,15 @@ def desired_replicas(
         reason = "UnackedMessages"
         message = f"{depth_text}: not scaling to zero while messages are unacknowledged"
     return ScaleDecision(stepped, reason, message, new_history, rec)
+
+
+def _target_text(spec: ScalingSpec, reading: DepthReading) -> str:
+    messages = messages_per_replica(spec, reading.changes_per_message)
+    if spec.target_messages_per_replica is not None:
+        return f"{spec.target_messages_per_replica} messages"
+    ratio = reading.changes_per_message
+    seen = f"{ratio:.1f} changes per message" if ratio else "changes per message not observed: 1"
+    return f"{spec.target_changes_per_replica} changes = {messages:.0f} messages at {seen}"
 
 
 def history_from_status(recommendations: list[list[float]], failed_reads: int) -> History:

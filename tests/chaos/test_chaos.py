@@ -35,6 +35,7 @@ import pytest
 from cdcflow.config import Settings
 from cdcflow.localbroker import BrokerSetupError, RabbitNode
 from cdcflow.localstack import port_open
+from cdcflow.metrics import CHANGES_ACKED, sample_name
 from cdcflow.simulator import SimulationStats, Simulator
 from cdcflow.verify import verify
 from tests.pipeline_support import Pipeline, Worker
@@ -130,7 +131,7 @@ def inject(fault: Fault, pipeline: Pipeline, node: RabbitNode, vhost: str) -> No
         node.start_app()
 
 
-ACKED = "cdcflow_messages_acked_total"
+ACKED = sample_name(CHANGES_ACKED)  # changes, not messages: outcomes are per change
 OUTCOMES = (
     "cdcflow_rows_loaded_total",
     "cdcflow_messages_dead_lettered_total",
@@ -139,8 +140,9 @@ OUTCOMES = (
 
 
 class AckAudit:
-    """Checks, on every scrape of every consumer process, that no message was acknowledged
-    without a row, a failed-queue record or a counted ignored reason.
+    """Checks, on every scrape of every consumer process, that no change was acknowledged
+    without a row, a failed-queue record or a counted ignored reason (a batch message
+    counts as all of its changes).
 
     Counters restart with each process, so the check is per scrape of one process:
     ``acked <= rows + dead-lettered + ignored`` (an outcome is counted before its ack, and
@@ -181,14 +183,19 @@ class AckAudit:
         self.thread.join(10)
 
 
+@pytest.mark.parametrize("pack_max_changes", [None, 1], ids=["batch_messages", "one_change_each"])
 def test_chaos(
     tmp_path: Path,
     make_settings: Callable[..., Settings],
     capsys: pytest.CaptureFixture[str],
     rabbitmq_node: RabbitNode,
     chaos_vhost: str,
+    pack_max_changes: int | None,
 ) -> None:
+    """With batch messages (the default packing) and with one change per message."""
+    packing = {} if pack_max_changes is None else {"pack_max_changes": pack_max_changes}
     settings = make_settings(
+        **packing,
         amqp_url=rabbitmq_node.vhost_url(chaos_vhost),
         events=EVENTS,
         rate=RATE,
@@ -239,7 +246,8 @@ def test_chaos(
     dead_lettered = depths(settings)[1]
     seconds = round(time.monotonic() - started)
     line = (
-        f"chaos: events={stats[0].events} lost={report.lost} duplicates={report.duplicates} "
+        f"chaos: pack_max_changes={settings.pack_max_changes} "
+        f"events={stats[0].events} lost={report.lost} duplicates={report.duplicates} "
         f"dead_lettered={dead_lettered} producer_kills={injected['producer_kill']} "
         f"consumer_kills={injected['consumer_kill']} "
         f"broker_faults={injected['connections_closed'] + injected['broker_restart']} "

@@ -8,18 +8,26 @@ from collections import Counter
 from pathlib import Path
 
 import pika
+import pytest
 
 from cdcflow import broker
 from cdcflow.config import Settings
 from cdcflow.consumer import deadletter
 from cdcflow.consumer.pipeline import run_consumer
+from cdcflow.packing import BATCH_CONTENT_TYPE, H_CHANGES, pack
 from cdcflow.warehouse.client import Warehouse
 from tests.conftest import BrokerNames
 from tests.corpus import CASES, COLLECTION, change
 from tests.support import depths
+from tests.unit.test_bad_input import packable
 
 
-def test_corpus_through_the_pipeline(tmp_path: Path, broker_names: BrokerNames) -> None:
+@pytest.mark.parametrize("packed", [True, False], ids=["batch_messages", "one_change_each"])
+def test_corpus_through_the_pipeline(
+    tmp_path: Path, broker_names: BrokerNames, packed: bool
+) -> None:
+    """``packed``: each good change and the bad case after it travel in one batch message
+    (as the producer packs them), else one message each."""
     settings = Settings(
         mongo_collection=COLLECTION,
         queue=broker_names.queue,
@@ -34,12 +42,22 @@ def test_corpus_through_the_pipeline(tmp_path: Path, broker_names: BrokerNames) 
         broker.declare_topology(ch, settings)
         ch.confirm_delivery()
         for index, case in enumerate(CASES):
-            for body, content_type in ((good[index % 40], None), (case.body, case.content_type)):
+            pair: tuple[tuple[bytes, str | None], ...] = (
+                (good[index % 40], None),
+                (case.body, case.content_type),
+            )
+            if packed and packable(case):
+                pair = ((pack([good[index % 40], case.body]), BATCH_CONTENT_TYPE),)
+            for body, content_type in pair:
                 ch.basic_publish(
                     settings.exchange,
                     settings.routing_key,
                     body,
-                    pika.BasicProperties(content_type=content_type, delivery_mode=2),
+                    pika.BasicProperties(
+                        content_type=content_type,
+                        delivery_mode=2,
+                        headers={H_CHANGES: "2"} if content_type == BATCH_CONTENT_TYPE else None,
+                    ),
                 )
         # Versions out of order: the newest state arrives first, then older ones.
         for body in (

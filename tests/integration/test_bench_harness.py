@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 import pytest
-from bench import profiling, report, run
+from bench import pipeline, profiling, report, run
 from rich.console import Console
 
 
@@ -32,6 +32,10 @@ def _figures(**changes: float) -> dict[str, float]:
         "naive_events_per_s": 8.0,
         "producer_peak_rss_mb": 65.0,
         "consumer_peak_rss_mb": 460.0,
+        "pipeline_cpu_us_per_event": 150.0,
+        "source_cpu_us_per_event": 400.0,
+        "pipeline_vs_source_cpu": 0.375,
+        "changes_per_message": 80.0,
     }
     figures.update(changes)
     return figures
@@ -46,8 +50,20 @@ def test_ratios_use_the_slowest_raw_stage_and_the_naive_design() -> None:
     assert figures["speedup_vs_naive"] == pytest.approx(300.0)
 
 
+def test_cpu_splits_into_the_pipeline_and_the_source() -> None:
+    split = pipeline.split_cpu(
+        {"producer": 30.0, "consumer": 60.0, "rabbitmq": 10.0, "mongodb": 150.0,
+         "simulator+bench": 50.0, "machine": 300.0}
+    )  # fmt: skip
+    assert split == {
+        "pipeline_cpu_us_per_event": 100.0,
+        "source_cpu_us_per_event": 200.0,
+        "pipeline_vs_source_cpu": 0.5,
+    }
+
+
 def test_document_refuses_missing_figures_and_records_targets() -> None:
-    figures = _figures()
+    figures = _figures(e2e_events_per_s=3200.0)  # 400x naive, 0.8x the MongoDB write
     notes: dict[str, object] = {}
     report.derive(figures, notes)
     started = dt.datetime(2026, 11, 25, tzinfo=dt.UTC)
@@ -57,6 +73,7 @@ def test_document_refuses_missing_figures_and_records_targets() -> None:
     assert doc["targets"]["consumer_peak_rss_mb"] == {"target": "≤ 600", "met": True}
     assert doc["targets"]["speedup_vs_naive"]["met"] is True
     assert doc["targets"]["e2e_vs_slowest_raw"]["met"] is True
+    assert doc["targets"]["pipeline_vs_source_cpu"] == {"target": "≤ 0.5", "met": True}
     del figures["freshness_p99_s"]
     with pytest.raises(KeyError, match="freshness_p99_s"):
         report.document(

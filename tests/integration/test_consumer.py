@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pika
 import pytest
 
 from cdcflow import broker
@@ -17,6 +18,7 @@ from cdcflow.config import Settings
 from cdcflow.consumer import deadletter
 from cdcflow.consumer.pipeline import run_consumer
 from cdcflow.events import EncodedChange
+from cdcflow.packing import BATCH_CONTENT_TYPE, H_CHANGES, pack
 from cdcflow.warehouse.client import Warehouse
 from tests.conftest import BrokerNames
 from tests.support import cdcflow_process, depths, nx_change, publish
@@ -187,3 +189,75 @@ def test_a_message_that_keeps_failing_is_dead_lettered_by_the_broker(settings: S
     _wait_for(lambda: depths(limited) == (0, 1), 10, "the broker to dead-letter it")
     inspection = deadletter.inspect(limited)
     assert inspection.reasons == {deadletter.DELIVERY_LIMIT_REASON: 1}
+
+
+def _publish_batch(
+    settings: Settings, bodies: list[bytes], *, queue: str | None = None, headers=None
+) -> None:
+    """One batch message (as the producer packs it), to the pipeline or straight to a queue."""
+    with broker.channel(settings) as ch:
+        broker.declare_topology(ch, settings)
+        ch.confirm_delivery()
+        ch.basic_publish(
+            "" if queue else settings.exchange,
+            queue or settings.routing_key,
+            pack(bodies),
+            pika.BasicProperties(
+                content_type=BATCH_CONTENT_TYPE,
+                delivery_mode=2,
+                message_id="changes:test",
+                headers={H_CHANGES: str(len(bodies)), **(headers or {})},
+            ),
+        )
+
+
+def test_a_batch_message_dead_letters_its_bad_changes_alone_and_they_replay_alone(
+    settings: Settings,
+) -> None:
+    collection = settings.mongo_collection
+    bodies = [
+        nx_change(1, collection, "a", "insert").body,
+        nx_change(2, collection, "b", "insert", watched_time="soon").body,
+        nx_change(3, collection, "c", "insert").body,
+        b'{"v":2,"op":"insert"',  # not even JSON
+        nx_change(5, collection, "e", "insert").body,
+    ]
+    _publish_batch(settings, bodies)
+    run_consumer(settings)
+    assert set(current(settings)) == {"a", "c", "e"}
+    assert depths(settings) == (0, 2)  # one failed-queue record per bad change
+    inspection = deadletter.inspect(settings)
+    assert inspection.reasons == {"number_not_numeric": 1, "malformed_json": 1}
+    assert inspection.total == inspection.changes == 2
+    sample = inspection.samples["number_not_numeric"][0]
+    assert sample["message_id"] == "nx:2" and sample["changes"] == 1
+    assert sample["batch_message_id"] == "changes:test" and sample["batch_position"] == 1
+    assert sample["body"].startswith(bodies[1][:190].decode())  # its own envelope
+    # Replayed, each is a one-change message of its own, and fails again on its own.
+    assert deadletter.replay(settings).replayed == 2
+    run_consumer(settings)
+    assert depths(settings) == (0, 2) and set(current(settings)) == {"a", "c", "e"}
+    assert deadletter.inspect(settings).samples["number_not_numeric"][0]["attempts"] == 2
+
+
+def test_a_whole_batch_message_in_the_failed_queue_is_counted_and_replayed_whole(
+    settings: Settings,
+) -> None:
+    """What the broker does with a batch message that crashed consumers x-delivery-limit
+    times: it moves the message as it is."""
+    collection = settings.mongo_collection
+    bodies = [nx_change(n, collection, f"d{n}", "insert").body for n in range(1, 8)]
+    _publish_batch(
+        settings,
+        bodies,
+        queue=settings.failed_queue_name,
+        headers={"x-first-death-reason": "delivery_limit"},
+    )
+    inspection = deadletter.inspect(settings)
+    assert inspection.total == 1 and inspection.changes == 7
+    assert inspection.reasons == {deadletter.DELIVERY_LIMIT_REASON: 1}
+    result = deadletter.replay(settings)
+    assert result.replayed == 1 and result.changes == 7
+    run_consumer(settings)
+    assert set(current(settings)) == {f"d{n}" for n in range(1, 8)}
+    assert depths(settings) == (0, 0)

@@ -23,9 +23,12 @@ from tests.prometheus_support import requires_prometheus, running_prometheus
 from tests.support import depths
 
 
-@pytest.fixture
-def settings(make_settings: Callable[..., Settings]) -> Settings:
+@pytest.fixture(params=[None, 1], ids=["batch_messages", "one_change_each"])
+def settings(make_settings: Callable[..., Settings], request: pytest.FixtureRequest) -> Settings:
+    """With batch messages (the default packing) and with one change per message."""
+    packing = {} if request.param is None else {"pack_max_changes": request.param}
     return make_settings(
+        **packing,
         rate=4000,
         events=4000,
         bad_ratio=0.03,
@@ -71,11 +74,11 @@ def test_mixed_workload_end_to_end_is_verified_and_observed(
             producer = pipeline.producer.metrics()
             wait_for(
                 lambda: (
-                    pipeline.consumer.metrics().value("cdcflow_messages_acked_total")
+                    pipeline.consumer.metrics().value("cdcflow_changes_acked_total")
                     >= producer.value("cdcflow_events_published_total")
                 ),
                 60,
-                "every message to be acked",
+                "every change to be acked",
             )
             consumer = pipeline.consumer.metrics()
             published = producer.value("cdcflow_events_published_total")
@@ -85,8 +88,16 @@ def test_mixed_workload_end_to_end_is_verified_and_observed(
             # Every change was captured and published once (plus the initial snapshot's end).
             assert producer.value("cdcflow_events_captured_total") == stats.events
             assert published == stats.events + 1
-            assert consumer.value("cdcflow_messages_consumed_total") == published
-            # Every acked message has one outcome (the snapshot's end is an ignored reason).
+            assert consumer.value("cdcflow_changes_acked_total") == published
+            messages = consumer.value("cdcflow_messages_consumed_total")
+            assert consumer.value("cdcflow_messages_acked_total") == messages
+            per_message = consumer.value("cdcflow_changes_per_message_sum") / messages
+            assert consumer.value("cdcflow_changes_per_message_sum") == published
+            if settings.pack_max_changes == 1:
+                assert messages == published and per_message == 1.0
+            else:  # a burst of 4,000 changes travels in far fewer messages
+                assert messages < published / 5 and per_message > 5
+            # Every acked change has one outcome (the snapshot's end is an ignored reason).
             assert loaded + dead + ignored == published
             assert dead == depths(settings)[1] > 0
 
@@ -113,6 +124,7 @@ def test_mixed_workload_end_to_end_is_verified_and_observed(
             assert stages["loaded"]["total"] == loaded
             assert stages["dead-lettered"]["total"] == dead
             assert status["queue_depth"] == 0
+            assert status["changes_per_message"] == round(per_message, 2)
             assert status["failed_queue_depth"] == dead
 
         exits = pipeline.drain_and_stop()

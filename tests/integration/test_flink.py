@@ -28,7 +28,7 @@ from cdcflow.simulator import Simulator
 from cdcflow.verify import verify
 from cdcflow.warehouse.client import Warehouse
 from tests.pipeline_support import Pipeline, wait_for
-from tests.support import depths, nx_change, publish
+from tests.support import depths, nx_change, publish, publish_packed
 
 pytestmark = [pytest.mark.slow, pytest.mark.flink]
 
@@ -82,7 +82,10 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_poison_is_dead_lettered_and_its_batch_loads_on_flink(flink_settings: Settings) -> None:
+@pytest.mark.parametrize("packed", [False, True], ids=["one_change_each", "batch_messages"])
+def test_poison_is_dead_lettered_and_its_batch_loads_on_flink(
+    flink_settings: Settings, packed: bool
+) -> None:
     settings = flink_settings
     collection = settings.mongo_collection
     good = [nx_change(n, collection, f"doc-{n}", "insert", watched_time=n) for n in range(1, 201)]
@@ -90,16 +93,18 @@ def test_poison_is_dead_lettered_and_its_batch_loads_on_flink(flink_settings: Se
         b"{broken json",
         nx_change(300, collection, "bad-1", "insert", total_video_time=0),
     ]
-    # One batch holds good and poison messages together.
-    publish(settings, good[:100] + poison + good[100:])
+    # One batch holds good and poison messages together (packed: inside one message).
+    changes = good[:100] + poison + good[100:]
+    messages = publish_packed(settings, changes, 40) if packed else publish(settings, changes)
     before = counters()  # this process's counters: earlier tests count in them too
     result = run_consumer(settings)
     assert not result.abandoned
     assert set(_current(settings)) == {f"doc-{n}" for n in range(1, 201)}
-    assert depths(settings) == (0, 2)
+    assert depths(settings) == (0, 2)  # one failed-queue record per bad change
     delta = {key: result.counters[key] - before[key] for key in before}
     assert delta["dead_lettered"] == 2
-    assert delta["acked"] == delta["consumed"] == 202
+    assert delta["acked"] == delta["consumed"] == messages == (6 if packed else 202)
+    assert delta["changes_acked"] == 202
 
 
 def _checkpoints(log_file: Path) -> list[float]:
@@ -214,9 +219,9 @@ def test_end_to_end_on_flink_verifies_equal_and_stops_cleanly(
     wait_for(lambda: depths(settings)[0] == 0, 180, "the queue to drain")
     published = pipeline.producer.metrics().value("cdcflow_events_published_total")
     wait_for(
-        lambda: pipeline.consumer.metrics().value("cdcflow_messages_acked_total") >= published,
+        lambda: pipeline.consumer.metrics().value("cdcflow_changes_acked_total") >= published,
         60,
-        "every message to be acked (after checkpoints)",
+        "every change to be acked (after checkpoints)",
     )
     # SIGTERM: the consumer stops its job and its job server, and exits 0.
     code, _ = pipeline.consumer.terminate(timeout=60)

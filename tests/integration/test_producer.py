@@ -29,6 +29,7 @@ from cdcflow.events import ChangeEnvelope, canonical_id, decode_envelope, to_jso
 from cdcflow.localbroker import RabbitNode
 from cdcflow.localstack import free_port, start_worker
 from cdcflow.mongo import open_mongo_client
+from cdcflow.packing import BATCH_CONTENT_TYPE, H_CHANGES, is_batch, unpack
 from cdcflow.producer.main import ProducerStats, run_producer
 from cdcflow.producer.offsets import OffsetStore
 from cdcflow.versions import nx_sequence
@@ -59,8 +60,9 @@ def queue_depth(settings: Settings) -> int:
 
 @dataclass
 class Received:
-    properties: Any
+    properties: Any  # of the AMQP message that carried the change (maybe a batch)
     envelope: ChangeEnvelope
+    batch_size: int = 1  # changes in that message
 
 
 def consume_all(settings: Settings) -> list[Received]:
@@ -74,7 +76,13 @@ def consume_all(settings: Settings) -> list[Received]:
         for method, properties, body in channel.consume(queue, inactivity_timeout=2.0):
             if method is None:
                 break
-            received.append(Received(properties, decode_envelope(body)))
+            if is_batch(properties.content_type):
+                changes = unpack(body, (properties.headers or {}).get(H_CHANGES)).changes
+                assert changes, f"an unreadable batch message: {body[:200]!r}"
+                for part in changes:
+                    received.append(Received(properties, decode_envelope(part), len(changes)))
+            else:
+                received.append(Received(properties, decode_envelope(body)))
             channel.basic_ack(method.delivery_tag)
         channel.cancel()
     finally:
@@ -137,7 +145,17 @@ class ProducerThread:
 
 @pytest.fixture
 def settings(make_settings: Callable[..., Settings]) -> Settings:
-    return make_settings(offset_flush_s=0.2, snapshot_batch=100, stream_batch=500)
+    """One change per message: these tests wait on the queue's depth, which then counts
+    changes (batching on is covered by the batched variant below, the end-to-end and the
+    chaos suites)."""
+    return make_settings(
+        offset_flush_s=0.2, snapshot_batch=100, stream_batch=500, pack_max_changes=1
+    )
+
+
+def published_changes() -> float:
+    """Changes this process's producers had confirmed (a producer thread's counter)."""
+    return metrics.REGISTRY.get_sample_value(metrics.sample_name(metrics.EVENTS_PUBLISHED)) or 0.0
 
 
 @pytest.fixture
@@ -190,19 +208,23 @@ def test_offsets_are_read_back_on_nx(settings: Settings):
         client.close()
 
 
-def test_snapshot_then_stream(settings: Settings, source):
+@pytest.mark.parametrize("packed", [False, True], ids=["one_change_each", "batch_messages"])
+def test_snapshot_then_stream(settings: Settings, source, packed: bool):
+    if packed:
+        settings = settings.with_overrides(pack_max_changes=50)
     oid = ObjectId()
     source.insert_many([{"_id": f"pre{n:03d}", "n": n} for n in range(250)])
     source.insert_one({"_id": oid, "n": -1})
     source.insert_one({"_id": 7, "n": 7})
+    base = published_changes()
     producer = ProducerThread(settings)
-    wait_until(lambda: queue_depth(settings) >= 252, "the snapshot")
+    wait_until(lambda: published_changes() - base >= 253, "the snapshot")
     source.bulk_write(mixed_writes(0, 300), ordered=True)
     source.update_one({"_id": "pre001"}, {"$set": {"n": 1001}})
     source.replace_one({"_id": "pre002"}, {"n": 1002})
     source.delete_one({"_id": "pre003"})
     expected = 252 + 1 + 300 + 150 + 30 + 3
-    wait_until(lambda: queue_depth(settings) >= expected, "the stream")
+    wait_until(lambda: published_changes() - base >= expected, "the stream")
     stats = producer.stop()
 
     received = consume_all(settings)
@@ -218,9 +240,17 @@ def test_snapshot_then_stream(settings: Settings, source):
     assert ops.count("update") == 152  # replace_one arrives as update on nx-27017
     for item in received:  # AMQP properties as the consumer expects them
         assert item.properties.delivery_mode == 2
+        if item.batch_size > 1:
+            assert item.properties.content_type == BATCH_CONTENT_TYPE
+            assert item.properties.headers[H_CHANGES] == str(item.batch_size)
+            assert item.properties.message_id.startswith("changes:")
+            continue
         assert item.properties.message_id == item.envelope.message_id
         assert item.properties.headers["x-cdcflow-op"] == item.envelope.op.value
         assert item.properties.headers["x-cdcflow-version"] == str(item.envelope.version)
+    sizes = [item.batch_size for item in received]
+    assert max(sizes) == (50 if packed else 1)  # the snapshot fills whole batches
+    assert stats.messages < len(received) / 5 if packed else stats.messages == len(received)
     per_doc: dict[str | None, list[int]] = {}
     for item in received:
         per_doc.setdefault(item.envelope.id, []).append(item.envelope.version)

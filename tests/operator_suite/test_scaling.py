@@ -16,6 +16,8 @@ from cdcflow_operator.scaling import (
     desired_replicas,
     history_from_status,
     history_to_status,
+    messages_per_replica,
+    recommend,
 )
 
 NOW = 1_000_000.0
@@ -300,3 +302,60 @@ def test_the_worked_example_of_docs_operator_md() -> None:
         decision = decide(current, reading, policy, history, float(t))
         assert (decision.replicas, decision.reason) == (replicas, reason), t
         current, history = decision.replicas, decision.history
+
+
+# --- batch messages: the target is in changes, depth in messages ---------------------
+
+
+@pytest.mark.parametrize(
+    ("target_changes", "target_messages", "changes_per_message", "expected"),
+    [
+        (1000, None, None, 1000.0),  # not observed: one change per message
+        (1000, None, 1.0, 1000.0),  # one change per message (pack_max_changes 1)
+        (1000, None, 0.5, 1000.0),  # nonsense below 1: taken as 1, never fewer replicas
+        (1000, None, 50.0, 20.0),  # 50 changes a message: 20 messages are 1,000 changes
+        (1000, None, 4000.0, 1.0),  # at least one message
+        (1000, 300, 50.0, 300.0),  # a target in messages is used as is
+    ],
+)
+def test_target_in_changes_becomes_messages_at_the_observed_ratio(
+    target_changes: int, target_messages: int | None, changes_per_message: float | None, expected
+) -> None:
+    policy = spec(
+        target_changes_per_replica=target_changes, target_messages_per_replica=target_messages
+    )
+    assert messages_per_replica(policy, changes_per_message) == expected
+
+
+def test_batch_messages_scale_on_the_changes_they_carry() -> None:
+    policy = spec(target_changes_per_replica=1000, target_messages_per_replica=None)
+    # 100 messages of 50 changes: 5,000 changes, five replicas' worth.
+    batched = DepthReading(ready=100, unacked=0, source="test", changes_per_message=50.0)
+    decision = decide(1, batched, policy)
+    assert decision.replicas == 5 and decision.reason == "ScaledUp"
+    assert "1000 changes = 20 messages at 50.0 changes per message" in decision.message
+    # The same depth of one-change messages is a tenth of one replica's work.
+    single = DepthReading(ready=100, unacked=0, source="test", changes_per_message=1.0)
+    assert decide(1, single, policy).replicas == 1
+    # Not observed yet (no consumer running): one change per message is assumed.
+    unknown = DepthReading(ready=100, unacked=0, source="test")
+    assert decide(0, unknown, policy).replicas == 1
+    assert "changes per message not observed" in decide(0, unknown, policy).message
+
+
+@given(
+    depth=st.integers(min_value=0, max_value=10**6),
+    ratio=st.floats(min_value=1.0, max_value=1000.0),
+)
+@settings(max_examples=200, deadline=None)
+def test_more_changes_per_message_never_means_fewer_replicas(depth: int, ratio: float) -> None:
+    policy = spec(
+        max_replicas=1000, target_changes_per_replica=1000, target_messages_per_replica=None
+    )
+    fewer = recommend(
+        DepthReading(ready=depth, unacked=0, source="t", changes_per_message=ratio), policy
+    )
+    more = recommend(
+        DepthReading(ready=depth, unacked=0, source="t", changes_per_message=ratio * 2), policy
+    )
+    assert more >= fewer

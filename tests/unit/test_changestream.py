@@ -21,6 +21,7 @@ from cdcflow.config import Settings
 from cdcflow.errors import HistoryLost
 from cdcflow.events import decode_envelope, encode_change
 from cdcflow.health import Health
+from cdcflow.packing import unpack
 from cdcflow.producer.changestream import (
     ChangeReader,
     SplitEventAssembler,
@@ -247,19 +248,31 @@ class FakePublisher:
 
     @property
     def published(self) -> int:
-        return sum(1 for entry in self.entries if entry.body is not None)
+        return sum(entry.changes for entry in self.entries)
 
     confirmed = published
+
+    @property
+    def messages_confirmed(self) -> int:
+        return sum(1 for entry in self.entries if entry.body is not None)
 
     def stop(self, timeout: float = 5.0) -> None:
         return None
 
+    def bodies(self) -> list[bytes]:
+        """Every change message's body, batch messages unpacked, in order."""
+        bodies: list[bytes] = []
+        for entry in self.entries:
+            if entry.body is None or entry.routing_key is not None:  # a failed-event record
+                continue
+            if entry.changes > 1:
+                bodies += unpack(entry.body).changes
+            else:
+                bodies.append(entry.body)
+        return bodies
+
     def ops(self) -> list[str]:
-        return [
-            decode_envelope(e.body).op.value
-            for e in self.entries
-            if e.body is not None and e.routing_key is None  # not a failed-event record
-        ]
+        return [decode_envelope(body).op.value for body in self.bodies()]
 
 
 def test_reader_raises_history_lost_at_watch(lost_reply):
@@ -472,3 +485,51 @@ def test_stream_end_stops_capture_and_unsupported_events_are_skipped(ending, cap
     assert stopped == 1.0
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert errors and "deleteOne" in errors[0] and "keeps every row" in errors[0]
+
+
+def test_changes_are_packed_in_order_and_tokens_never_run_ahead_of_their_message():
+    """pack_max_changes 3: a full batch closes at three; a skipped event closes the open
+    batch before its own checkpoint; the tail is published when the stream runs dry."""
+
+    def insert(n: int) -> dict[str, Any]:
+        return {
+            "_id": nx(n),
+            "operationType": "insert",
+            "ns": {"db": "media", "coll": "views"},
+            "documentKey": {"_id": f"d{n}"},
+            "fullDocument": {"_id": f"d{n}", "n": n},
+        }
+
+    events = [insert(n) for n in range(11, 16)]
+    events += [{"_id": nx(16), "operationType": "createIndexes"}, insert(17), insert(18)]
+    collection = FakeCollection()
+    stop = threading.Event()
+    collection.on_watch = lambda options: FakeStream(events, nx(10), stop=stop)
+    settings = Settings(
+        mongo_collection="views", mongo_db="media", metrics_port=0, pack_max_changes=3
+    )
+    offsets = FakeCollection()
+    offsets.offsets["media.views"] = {"_id": "media.views", "token": nx(10)}
+    publisher = FakePublisher()
+    producer = Producer(
+        settings,
+        FakeClient(collection, offsets),  # type: ignore[arg-type]
+        publisher,  # type: ignore[arg-type]
+        Health("producer"),
+        stop,
+    )
+    producer.run()
+    producer.close()
+    shape = [(entry.changes, entry.checkpoint) for entry in publisher.entries]
+    assert shape == [(3, nx(13)), (2, nx(15)), (0, nx(16)), (2, nx(18))]
+    assert [decode_envelope(body).id for body in publisher.bodies()] == [
+        f"d{n}" for n in (11, 12, 13, 14, 15, 17, 18)
+    ]
+    # Each message's checkpoint is the token of its own last change: never one ahead.
+    for entry in publisher.entries:
+        if entry.changes > 1:
+            assert entry.body is not None
+            last = decode_envelope(unpack(entry.body).changes[-1])
+            assert last.token == entry.checkpoint
+    assert offsets.offsets["media.views"]["token"] == nx(18)
+    assert producer.stats.confirmed == 7

@@ -11,9 +11,9 @@ import pika
 from pika import frame, spec
 
 from cdcflow.events import CONTENT_TYPE, EncodedChange
+from cdcflow.packing import amqp_message_id
 from cdcflow.producer.amqp import (
     FRAME_OVERHEAD,
-    amqp_message_id,
     append_publish,
     content_header,
     message_entry,

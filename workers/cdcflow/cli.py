@@ -517,6 +517,7 @@ def dlq_inspect(
             {
                 "queue": settings.failed_queue_name,
                 "total": inspection.total,
+                "changes": inspection.changes,
                 "reasons": dict(inspection.reasons),
                 "samples": inspection.samples,
             }
@@ -527,7 +528,12 @@ def dlq_inspect(
         "messages",
         "stage",
         "example",
-        title=f"{settings.failed_queue_name}: {inspection.total:,} messages",
+        title=f"{settings.failed_queue_name}: {inspection.total:,} messages"
+        + (
+            f" ({inspection.changes:,} changes: batch messages moved by the delivery limit)"
+            if inspection.changes != inspection.total
+            else ""
+        ),
     )
     for reason, count in inspection.reasons.most_common():
         sample = inspection.samples.get(reason, [{}])[0]
@@ -566,7 +572,9 @@ def dlq_replay(
     verb = "would replay" if dry_run else "replayed"
     detail = ", ".join(f"{name}: {count:,}" for name, count in result.by_reason.most_common())
     out.print(
-        f"dlq: {verb} {result.replayed:,} messages ({detail or 'none'}); "
+        f"dlq: {verb} {result.replayed:,} messages"
+        + (f" holding {result.changes:,} changes" if result.changes != result.replayed else "")
+        + f" ({detail or 'none'}); "
         f"{result.kept:,} left in {settings.failed_queue_name}"
     )
 

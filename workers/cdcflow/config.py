@@ -228,6 +228,27 @@ class ProducerSettings(Section):
     )
     snapshot_batch: int = Field(1000, ge=1, description="Documents per snapshot read batch.")
     stream_batch: int = Field(1000, ge=1, description="Change-stream cursor batch size.")
+    pack_max_changes: int = Field(
+        100,
+        ge=1,
+        le=10000,
+        description="Changes packed into one AMQP message, at most (1: one change per "
+        "message). Queue depth then counts messages, not changes.",
+    )
+    pack_max_bytes: int = Field(
+        120_000,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description="Bytes of one packed message, at most (a change larger than this "
+        "travels alone); the default fits one AMQP frame (128 KiB).",
+    )
+    pack_linger_s: float = Field(
+        0.01,
+        ge=0,
+        le=1.0,
+        description="Seconds a partly filled message waits for more changes before it is "
+        "published (a burst fills it at once; a trickle pays at most this in freshness).",
+    )
     mirror_drop_as_deletes: bool = Field(
         False,
         description="When the source collection is dropped, mark every warehouse row of it "
@@ -246,8 +267,11 @@ class ConsumerSettings(Section):
         None,
         ge=1,
         le=65535,
-        description="RabbitMQ consumer prefetch (QoS). Default: 2000 in-process; on Flink, "
-        "consume_rate x (checkpoint interval + 1 s) + a batch, since acks wait for checkpoints.",
+        description="RabbitMQ consumer prefetch (QoS), in messages. Default: 2000 in-process; "
+        "on Flink, consume_rate x (checkpoint interval + 1 s) + a batch, since acks wait for "
+        "checkpoints. That default assumes one change per message: with batch messages it "
+        "buffers up to pack_max_changes times more, so on Flink set it to about that "
+        "figure divided by the changes per message (cdcflow status shows it).",
     )
     consume_rate: float = Field(
         4000.0,
@@ -255,7 +279,11 @@ class ConsumerSettings(Section):
         description="Messages/s the Flink consumer must sustain; sizes its default prefetch.",
     )
     batch_max_messages: int = Field(
-        1000, ge=1, description="Messages per bundle (one warehouse insert)."
+        5000,
+        ge=1,
+        description="Changes per bundle (one warehouse insert): a bundle takes messages until "
+        "they carry this many changes (a batch message counts all of its own). A trickle "
+        "closes a bundle after batch_max_s; larger inserts cost less per row.",
     )
     batch_max_s: float = Field(
         0.2, gt=0, description="Seconds a batch keeps filling after its first message."
@@ -264,7 +292,9 @@ class ConsumerSettings(Section):
         None, gt=0, description="Stop the consumer after this many idle seconds (demo, tests)."
     )
     max_messages: int | None = Field(
-        None, ge=1, description="Stop the consumer after this many messages (demo, tests)."
+        None,
+        ge=1,
+        description="Stop the consumer after this many changes, counted per message (demo, tests).",
     )
     flink_master: str = Field(
         "[local]", description="Flink master for --runner flink: [local] embeds Flink."

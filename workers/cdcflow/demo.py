@@ -28,10 +28,10 @@ from cdcflow.config import Settings
 from cdcflow.errors import ServiceUnavailable
 from cdcflow.metrics import (
     CAPTURE_LAG_SECONDS,
+    CHANGES_ACKED,
+    CHANGES_PER_MESSAGE,
     EVENTS_CAPTURED,
     EVENTS_PUBLISHED,
-    MESSAGES_ACKED,
-    MESSAGES_CONSUMED,
     MESSAGES_DEAD_LETTERED,
     PUBLISH_UNCONFIRMED,
     QUEUE_DEPTH,
@@ -112,8 +112,9 @@ def _observe(progress: Progress, producer: Scrape, consumer: Scrape) -> None:
         progress.unconfirmed = producer.value(sample_name(PUBLISH_UNCONFIRMED))
         progress.lag_s = producer.value(sample_name(CAPTURE_LAG_SECONDS))
     if consumer.ok:
-        progress.consumed = consumer.value(sample_name(MESSAGES_CONSUMED))
-        progress.acked = consumer.value(sample_name(MESSAGES_ACKED))
+        # Changes, as published counts them (a batch message carries many).
+        progress.consumed = consumer.value(sample_name(CHANGES_PER_MESSAGE, "_sum"))
+        progress.acked = consumer.value(sample_name(CHANGES_ACKED))
         progress.loaded = consumer.value(sample_name(ROWS_LOADED))
         progress.dead_lettered = consumer.value(sample_name(MESSAGES_DEAD_LETTERED))
         progress.queue_depth = consumer.value(sample_name(QUEUE_DEPTH), queue="main")

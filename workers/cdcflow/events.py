@@ -1,11 +1,12 @@
 """The change-event envelope: what the producer publishes and the consumer reads.
 
-One message carries one change. The envelope is a typed schema whose version
-``v`` every message must carry (a message without it is rejected, never guessed);
-this module writes ``v`` = 2 and the consumer also reads ``v`` = 1 (the same
-fields, written before ``doc_id`` became type-tagged, see :mod:`cdcflow.docids`).
-A later batch envelope (many changes in one message) wraps a list of these
-per-change objects under its own content type and version. It is built from
+One envelope describes one change. It is a typed schema whose version ``v``
+every change must carry (one without it is rejected, never guessed); this module
+writes ``v`` = 2 and the consumer also reads ``v`` = 1 (the same fields, written
+before ``doc_id`` became type-tagged, see :mod:`cdcflow.docids`). A message carries
+one envelope (content type :data:`CONTENT_TYPE`) or, packed by the producer, many
+of them in a batch envelope of its own content type and version
+(:mod:`cdcflow.packing`). It is built from
 either shape a change stream can deliver:
 
 * real MongoDB: bson ``Timestamp`` cluster time, hex KeyString resume tokens,
@@ -28,7 +29,7 @@ import math
 import uuid
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple, TypeVar
 
 import orjson
 from bson import Decimal128, ObjectId, Timestamp
@@ -227,6 +228,125 @@ def decode_envelope(body: bytes) -> ChangeEnvelope:
     """
     envelope: ChangeEnvelope = _ENVELOPE_VALIDATOR.validate_json(body)
     return envelope
+
+
+_REQUIRED_KEYS = frozenset(
+    ("v", "op", "id", "version", "cluster_time", "ns", "doc", "token", "captured_at", "source")
+)
+_ALL_KEYS = _REQUIRED_KEYS | {"update"}
+_OPERATIONS = {operation.value: operation for operation in Operation}
+_SOURCES = frozenset(("mongodb", "nx-27017"))
+
+
+_NOT_FAST: Any = object()
+
+
+def _fast_moment(value: Any) -> Any:
+    """A JSON date-time string as pydantic reads it (aware), None for null, or
+    ``_NOT_FAST`` if the value is not in the shape the producer writes (pydantic
+    decides then)."""
+    if value is None:
+        return None
+    if type(value) is not str or len(value) < 20 or value[10] != "T":
+        return _NOT_FAST
+    try:
+        moment = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return _NOT_FAST
+    return moment if moment.tzinfo is not None else _NOT_FAST
+
+
+def fast_envelope(parsed: Any) -> ChangeEnvelope | None:
+    """The envelope of an already-parsed JSON object, when it is plainly valid; else None.
+
+    The consumer's hot path: type checks of the shape the producer writes, then the
+    model built without validation, so one ``orjson`` parse per message replaces a
+    pydantic validation per change. Anything this does not accept outright (None)
+    goes through :func:`decode_envelope`, which accepts it or says exactly what is
+    wrong: this function never accepts what the schema rejects (a test holds the
+    two together over valid and invalid envelopes).
+    """
+    if type(parsed) is not dict or not _REQUIRED_KEYS <= parsed.keys() <= _ALL_KEYS:
+        return None
+    get = parsed.__getitem__
+    v, op, doc_id, version = get("v"), get("op"), get("id"), get("version")
+    if type(v) is not int or v not in READABLE_ENVELOPE_VERSIONS:
+        return None
+    operation = _OPERATIONS.get(op) if type(op) is str else None
+    if operation is None or (doc_id is not None and type(doc_id) is not str):
+        return None
+    if type(version) is str and version.isascii() and version.isdigit():
+        number = int(version)
+    elif type(version) is int:
+        number = version
+    else:
+        return None
+    if not 0 <= number <= MAX_VERSION:
+        return None
+    cluster_time, captured_at = _fast_moment(get("cluster_time")), _fast_moment(get("captured_at"))
+    if cluster_time is _NOT_FAST or captured_at is _NOT_FAST or captured_at is None:
+        return None
+    ns, doc, token, source = get("ns"), get("doc"), get("token"), get("source")
+    if (
+        type(ns) is not dict
+        or ns.keys() != {"db", "coll"}
+        or type(ns["db"]) is not str
+        or type(ns["coll"]) is not str
+        or (doc is not None and type(doc) is not dict)
+        or (token is not None and type(token) is not dict)
+        or source not in _SOURCES
+    ):
+        return None
+    update = parsed.get("update")
+    fields: UpdateFields | None = None
+    if update is not None:
+        if type(update) is not dict or update.keys() != {"updated", "removed"}:
+            return None
+        updated, removed = update["updated"], update["removed"]
+        if type(updated) is not list or type(removed) is not list:
+            return None
+        if not all(type(name) is str for name in (*updated, *removed)):
+            return None
+        fields = _built(UpdateFields, {"updated": updated, "removed": removed})
+    key = (ns["db"], ns["coll"])
+    namespace = _NAMESPACES.get(key)
+    if namespace is None:
+        if len(_NAMESPACES) > 64:
+            _NAMESPACES.clear()
+        namespace = _NAMESPACES[key] = _built(Namespace, {"db": key[0], "coll": key[1]})
+    return _built(
+        ChangeEnvelope,
+        {
+            "v": v,
+            "op": operation,
+            "id": doc_id,
+            "version": number,
+            "cluster_time": cluster_time,
+            "ns": namespace,
+            "doc": doc,
+            "token": token,
+            "captured_at": captured_at,
+            "source": source,
+            "update": fields,
+        },
+    )
+
+
+_NAMESPACES: dict[tuple[str, str], Namespace] = {}  # frozen: one object per namespace seen
+_M = TypeVar("_M", bound=BaseModel)
+_set = object.__setattr__
+
+
+def _built(cls: type[_M], values: dict[str, Any]) -> _M:
+    """A model from values already checked, as ``model_construct`` builds it without its
+    per-call overhead (defaults, aliases: none apply here), a third of the consumer's
+    parse: every field is given, so all are set."""
+    model = cls.__new__(cls)
+    _set(model, "__dict__", values)
+    _set(model, "__pydantic_fields_set__", set(values))
+    _set(model, "__pydantic_extra__", None)
+    _set(model, "__pydantic_private__", None)
+    return model
 
 
 def _now() -> dt.datetime:

@@ -31,6 +31,7 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _FRESHNESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0)
 _BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000)
+_PACK_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 200, 500, 1000)
 
 BUILD_INFO = Info("cdcflow_build", "Version and role of this cdcflow process.", registry=REGISTRY)
 
@@ -149,6 +150,19 @@ MESSAGES_CONSUMED = Counter(
 MESSAGES_ACKED = Counter(
     "cdcflow_messages_acked_total",
     "Messages acknowledged after their rows were durable (or dead-lettered).",
+    registry=REGISTRY,
+)
+CHANGES_ACKED = Counter(
+    "cdcflow_changes_acked_total",
+    "Changes in the messages acknowledged (a batch message carries many).",
+    registry=REGISTRY,
+)
+CHANGES_PER_MESSAGE = Histogram(
+    "cdcflow_changes_per_message",
+    "Changes carried per consumed message (1 without batching): queue depth counts "
+    "messages, so depth x this mean is the backlog in changes (the operator's scaler "
+    "reads it).",
+    buckets=_PACK_BUCKETS,
     registry=REGISTRY,
 )
 ROWS_LOADED = Counter(

@@ -282,6 +282,21 @@ MESSAGE_REASONS: tuple[tuple[str, str], ...] = (
         "converting this one document failed in an unexpected way (the detail has the "
         "error); the rest of its batch loads",
     ),
+    # A batch message (many changes, cdcflow.packing) that cannot be unpacked at all is
+    # dead-lettered whole; a bad change inside one is dead-lettered alone, with the
+    # reasons above.
+    (
+        "malformed_batch",
+        "a batch message whose header line is not a batch header, or "
+        "whose changes do not add up to its declared count and size",
+    ),
+    ("unsupported_batch_version", "the batch envelope's v is not one this consumer reads"),
+    ("batch_count_mismatch", "the x-cdcflow-changes header differs from the batch's count"),
+    (
+        "batch_truncated",
+        "a batch message cut short: the changes that arrived whole load; one record "
+        "(the fragment) stands for the rest, which must be read from MongoDB again",
+    ),
 )
 
 # Events the producer cannot publish as changes. Each goes to `<collection>.failed` as a
@@ -364,7 +379,13 @@ def render_markdown() -> str:
         "",
         "## Messages that cannot be read",
         "",
-        "These are rejected before cleaning, with the code as the reason:",
+        "These are rejected before cleaning, with the code as the reason. The producer",
+        "packs many changes into one message (a batch message, see docs/performance.md):",
+        "each change inside is read, cleaned and rejected on its own, and a rejected one",
+        "goes to the failed queue alone, as a one-change message with its own body and",
+        "message_id (headers `x-cdcflow-batch-message-id` and `x-cdcflow-batch-position`",
+        "say where it came from), so `cdcflow dlq replay` puts back just that change. Only",
+        "a batch message that cannot be unpacked at all is dead-lettered whole:",
         "",
         "| code | meaning |",
         "| --- | --- |",

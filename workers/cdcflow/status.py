@@ -26,12 +26,12 @@ from cdcflow.errors import CdcflowError
 from cdcflow.metrics import (
     CAPTURE_LAG_SECONDS,
     CAPTURE_STOPPED,
+    CHANGES_PER_MESSAGE,
     EVENTS_CAPTURED,
     EVENTS_FAILED,
     EVENTS_PUBLISHED,
     EVENTS_SKIPPED,
     FRESHNESS_SECONDS,
-    MESSAGES_CONSUMED,
     MESSAGES_DEAD_LETTERED,
     RESUME_TOKEN_AGE_SECONDS,
     ROWS_LOADED,
@@ -53,7 +53,8 @@ class Stage:
 class StatusReport:
     at: float
     stages: list[Stage] = field(default_factory=list)
-    queue_depth: int | None = None
+    queue_depth: int | None = None  # messages: a batch message carries many changes
+    changes_per_message: float | None = None  # mean, as the consumer has seen them
     failed_queue_depth: int | None = None
     queue_consumers: int | None = None
     capture_lag_s: float | None = None
@@ -139,7 +140,8 @@ def collect(settings: Settings, *, interval: float = 1.0, warehouse: bool = True
     for name, metric, after, before in (
         ("captured", sample_name(EVENTS_CAPTURED), producer, producer_before),
         ("published", sample_name(EVENTS_PUBLISHED), producer, producer_before),
-        ("consumed", sample_name(MESSAGES_CONSUMED), consumer, consumer_before),
+        # Changes, as the stages before and after count (a message may carry many).
+        ("consumed", sample_name(CHANGES_PER_MESSAGE, "_sum"), consumer, consumer_before),
         ("loaded", sample_name(ROWS_LOADED), consumer, consumer_before),
         ("dead-lettered", sample_name(MESSAGES_DEAD_LETTERED), consumer, consumer_before),
     ):
@@ -158,6 +160,10 @@ def collect(settings: Settings, *, interval: float = 1.0, warehouse: bool = True
         report.dead_letters_by_reason = consumer.by_label(
             sample_name(MESSAGES_DEAD_LETTERED), "reason"
         )
+        messages = consumer.value(sample_name(CHANGES_PER_MESSAGE, "_count"))
+        if messages:
+            changes = consumer.value(sample_name(CHANGES_PER_MESSAGE, "_sum"))
+            report.changes_per_message = round(changes / messages, 2)
     else:
         report.problems.append(
             f"consumer metrics unreachable at {settings.consumer_metrics_url} ({consumer.error})"
@@ -215,7 +221,9 @@ def render(report: StatusReport, settings: Settings) -> Group:
     health = Table(show_header=False, box=None)
     health.add_column(style="bold")
     health.add_column()
-    health.add_row("queue depth", _count(report.queue_depth))
+    health.add_row("queue depth (messages)", _count(report.queue_depth))
+    if report.changes_per_message is not None:
+        health.add_row("changes per message", f"{report.changes_per_message:,.1f}")
     failed = _count(report.failed_queue_depth)
     health.add_row(
         "failed queue", Text(failed, style="yellow" if report.failed_queue_depth else "")

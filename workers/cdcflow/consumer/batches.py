@@ -32,10 +32,11 @@ import datetime as dt
 import decimal
 import logging
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import pyarrow as pa
 from pydantic import ValidationError
 
@@ -44,7 +45,9 @@ from cdcflow.events import (
     ChangeEnvelope,
     Operation,
     decode_envelope,
+    fast_envelope,
 )
+from cdcflow.packing import H_CHANGES, bulk_parse, is_batch, unpack
 from cdcflow.transforms import TIMESTAMP_TYPE, CleanBatch, clean_documents
 
 log = logging.getLogger(__name__)
@@ -54,6 +57,8 @@ H_VERSION = "x-cdcflow-version"
 
 MAX_MESSAGE_BYTES = 17 * 1024 * 1024  # a 16 MB MongoDB document plus its envelope
 ACCEPTED_CONTENT_TYPES = ("application/vnd.cdcflow.change+json", "application/json")
+"""Content types of a one-change message (a batch message is recognized by
+:func:`cdcflow.packing.is_batch` and unpacked first)."""
 _MICROS = pa.timestamp("us", tz="UTC")
 _VERSION_TYPE = pa.decimal128(38, 0)
 
@@ -82,12 +87,18 @@ A test holds this equal to the table in ``warehouse/sql``."""
 
 @dataclass(frozen=True)
 class Rejection:
-    index: int  # position of the message in its batch
+    index: int  # position of the message in its bundle
     reason: str  # a rule code (cdcflow.rules) or a message reason code
     stage: str  # "parse", "clean" or "transform"
     detail: str
     doc_id: str | None = None  # known once the envelope was read
     version: int | None = None
+    # Inside a batch message: the change's position, and the bytes that stand for it
+    # in the failed queue (its own envelope, or the fragment of a message cut short).
+    # None: the rejection is about the whole message, which is dead-lettered as is.
+    position: int | None = None
+    body: bytes | None = None
+    message_id: str | None = None  # the change's own id, when it could be read
 
 
 @dataclass
@@ -98,10 +109,13 @@ class ProcessedBatch:
     ignored: Counter[str] = field(default_factory=Counter)
     fixes: Counter[str] = field(default_factory=Counter)
     messages: int = 0
+    # Outcomes owed: one per change read, plus one per message (or cut-short tail of
+    # one) that could not be read at all. Equals ``messages`` without batching.
+    changes: int = 0
 
     @property
     def accounted(self) -> int:
-        """Messages with an outcome: rows + rejections + ignored (equals ``messages``)."""
+        """Outcomes: rows + rejections + ignored (equals ``changes``)."""
         return int(self.rows.num_rows) + len(self.rejections) + sum(self.ignored.values())
 
     @property
@@ -125,32 +139,55 @@ def _parse_error(error: ValidationError) -> tuple[str, str]:
     return "invalid_envelope", f"{location or 'envelope'}: {message}"
 
 
-def parse_message(
-    body: bytes,
-    content_type: str | None,
-    collection: str,
-    headers: Mapping[str, Any] | None = None,
-) -> ChangeEnvelope | Rejection:
-    """The envelope of one message, or why it cannot be used (index filled by caller).
+_UNPARSED = object()
 
-    ``headers`` are the AMQP headers: when they carry the operation or the version
-    (the producer always sets both), they must agree with the body.
-    """
-    if len(body) > MAX_MESSAGE_BYTES:
-        return Rejection(-1, "message_too_large", "parse", f"{len(body)} bytes")
-    if content_type and not content_type.startswith(ACCEPTED_CONTENT_TYPES):
-        return Rejection(-1, "wrong_content_type", "parse", f"content type {content_type!r}")
+
+def _read_envelope(body: bytes, parsed: Any = _UNPARSED) -> ChangeEnvelope | Rejection:
+    """The envelope of one change's JSON; ``parsed`` is that JSON already parsed (the
+    bulk parse), when it is. Only what the fast check does not accept outright is
+    validated by the schema, which accepts it or names what is wrong."""
+    if parsed is _UNPARSED:
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            parsed = _UNPARSED
+    if parsed is not _UNPARSED:
+        envelope = fast_envelope(parsed)
+        if envelope is not None:
+            return envelope
     try:
         body.decode("utf-8")
     except UnicodeDecodeError as error:
         return Rejection(-1, "invalid_encoding", "parse", f"not UTF-8 at byte {error.start}")
     try:
-        envelope = decode_envelope(body)
+        return decode_envelope(body)
     except ValidationError as error:
         reason, detail = _parse_error(error)
         return Rejection(-1, reason, "parse", detail)
     except Exception as error:  # whatever the parser raises, it is this message's fault
         return Rejection(-1, "invalid_envelope", "parse", f"{type(error).__name__}: {error}"[:300])
+
+
+def parse_message(
+    body: bytes,
+    content_type: str | None,
+    collection: str,
+    headers: Mapping[str, Any] | None = None,
+    parsed: Any = _UNPARSED,
+) -> ChangeEnvelope | Rejection:
+    """The envelope of one change, or why it cannot be used (index filled by caller).
+
+    ``headers`` are the AMQP headers of a one-change message: when they carry the
+    operation or the version (the producer always sets both), they must agree with
+    the body. A change inside a batch message has none of its own.
+    """
+    if len(body) > MAX_MESSAGE_BYTES:
+        return Rejection(-1, "message_too_large", "parse", f"{len(body)} bytes")
+    if content_type and not content_type.startswith(ACCEPTED_CONTENT_TYPES):
+        return Rejection(-1, "wrong_content_type", "parse", f"content type {content_type!r}")
+    envelope = _read_envelope(body, parsed)
+    if isinstance(envelope, Rejection):
+        return envelope
     op, doc_id, version = envelope.op, envelope.id, envelope.version
 
     def reject(reason: str, detail: str) -> Rejection:
@@ -195,20 +232,27 @@ def process_batch(
     collection: str,
     headers: Sequence[Mapping[str, Any] | None] | None = None,
 ) -> ProcessedBatch:
-    """Turn one batch of message bodies into rows, rejections, sweeps (see module doc)."""
+    """Turn one bundle of message bodies into rows, rejections, sweeps (see module doc).
+
+    A batch message (:mod:`cdcflow.packing`) is unpacked into its changes first;
+    every later step, and every rejection, is per change.
+    """
     rejections: list[Rejection] = []
     ignored: Counter[str] = Counter()
     sweeps: list[int] = []
     documents: list[ChangeEnvelope] = []
     tombstones: list[ChangeEnvelope] = []
-    doc_positions: list[int] = []
+    doc_positions: list[tuple[int, int | None, bytes | None]] = []
     all_headers = headers if headers is not None else [None] * len(bodies)
-    for index, (body, content_type, message_headers) in enumerate(
-        zip(bodies, content_types, all_headers, strict=True)
-    ):
-        parsed = parse_message(body, content_type, collection, message_headers)
+    changes = 0
+    for index, position, raw, parsed in _changes(bodies, content_types, all_headers, collection):
+        changes += 1
         if isinstance(parsed, Rejection):
-            rejections.append(dataclasses.replace(parsed, index=index))
+            rejections.append(
+                dataclasses.replace(
+                    parsed, index=index, position=parsed.position if position is None else position
+                )
+            )
         elif parsed.op is Operation.DELETE:
             tombstones.append(parsed)
         elif parsed.op is Operation.SNAPSHOT_END:
@@ -221,32 +265,27 @@ def process_batch(
             ignored["update_document_gone"] += 1
         else:
             documents.append(parsed)
-            doc_positions.append(index)
+            doc_positions.append((index, position, raw))
 
     try:
         rows, cleaned = _load(documents, tombstones)
     except Exception:  # one bad document must not sink the batch: find it alone
         rows, cleaned, failed = _load_one_by_one(documents, tombstones)
-        for position, error in failed:
-            envelope = documents[position]
+        for at, error in failed:
             rejections.append(
-                Rejection(
-                    doc_positions[position],
+                _document_rejection(
+                    documents[at],
+                    doc_positions[at],
                     "transform_error",
                     "transform",
                     f"{type(error).__name__}: {error}"[:300],
-                    envelope.id,
-                    envelope.version,
                 )
             )
-    for position, (reason, detail) in sorted(cleaned.rejected.items()):
-        envelope = documents[position]
+    for at, (reason, detail) in sorted(cleaned.rejected.items()):
         rejections.append(
-            Rejection(
-                doc_positions[position], reason, "clean", detail, envelope.id, envelope.version
-            )
+            _document_rejection(documents[at], doc_positions[at], reason, "clean", detail)
         )
-    rejections.sort(key=lambda rejection: rejection.index)
+    rejections.sort(key=lambda rejection: (rejection.index, rejection.position or 0))
     return ProcessedBatch(
         rows=rows,
         rejections=rejections,
@@ -254,7 +293,81 @@ def process_batch(
         ignored=ignored,
         fixes=cleaned.fixes,
         messages=len(bodies),
+        changes=changes,
     )
+
+
+def _document_rejection(
+    envelope: ChangeEnvelope,
+    where: tuple[int, int | None, bytes | None],
+    reason: str,
+    stage: str,
+    detail: str,
+) -> Rejection:
+    index, position, body = where
+    return Rejection(
+        index,
+        reason,
+        stage,
+        detail,
+        envelope.id,
+        envelope.version,
+        position=position,
+        body=body,
+        message_id=envelope.message_id if position is not None else None,
+    )
+
+
+Parsed = tuple[int, int | None, bytes | None, ChangeEnvelope | Rejection]
+
+
+def _changes(
+    bodies: Sequence[bytes],
+    content_types: Sequence[str | None],
+    headers: Sequence[Mapping[str, Any] | None],
+    collection: str,
+) -> Iterator[Parsed]:
+    """(message index, position in a batch or None, the change's bytes inside a batch,
+    envelope or rejection), in order."""
+    for index, (body, content_type, message_headers) in enumerate(
+        zip(bodies, content_types, headers, strict=True)
+    ):
+        if not is_batch(content_type):
+            yield index, None, None, parse_message(body, content_type, collection, message_headers)
+            continue
+        if len(body) > MAX_MESSAGE_BYTES:
+            too_large = Rejection(-1, "message_too_large", "parse", f"{len(body)} bytes")
+            yield index, None, None, too_large
+            continue
+        declared = message_headers.get(H_CHANGES) if message_headers else None
+        unpacked = unpack(body, declared)
+        parsed_all = bulk_parse(unpacked.changes)
+        for position, part in enumerate(unpacked.changes):
+            parsed = parse_message(
+                part,
+                None,
+                collection,
+                None,
+                parsed_all[position] if parsed_all is not None else _UNPARSED,
+            )
+            if isinstance(parsed, Rejection):
+                parsed = dataclasses.replace(parsed, body=part)
+            yield index, position, part, parsed
+        problem = unpacked.problem
+        if problem is not None:
+            whole = not unpacked.changes and problem.body is body
+            yield (
+                index,
+                None if whole else len(unpacked.changes),
+                None,
+                Rejection(
+                    -1,
+                    problem.reason,
+                    "parse",
+                    problem.detail,
+                    body=None if whole else problem.body,
+                ),
+            )
 
 
 def _load(

@@ -2,7 +2,9 @@
 
 A message that can never load (unreadable, or its document breaks a rejecting
 cleaning rule) is published to ``<collection>.failed`` unchanged, with headers
-that say why, and only then acknowledged on the main queue. A message that
+that say why, and only then acknowledged on the main queue. A bad change inside a
+batch message goes there alone, as a one-change message of its own (its headers
+name the batch message and its position); the rest of the batch loads. A message that
 crashed consumers ``x-delivery-limit`` times is moved there by the broker itself
 (its ``x-death`` header says so). ``cdcflow dlq`` reads, replays and purges it.
 """
@@ -25,6 +27,8 @@ from cdcflow import broker
 from cdcflow.config import Settings
 from cdcflow.consumer.batches import Rejection
 from cdcflow.consumer.rabbitmq import Delivery, OutgoingMessage
+from cdcflow.events import CONTENT_TYPE
+from cdcflow.packing import H_CHANGES, amqp_message_id, declared_changes, is_batch
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +41,8 @@ H_ATTEMPTS = "x-cdcflow-attempts"
 H_ROUTING_KEY = "x-cdcflow-original-routing-key"
 H_EXCHANGE = "x-cdcflow-original-exchange"
 H_DOC_ID = "x-cdcflow-doc-id"
+H_BATCH_MESSAGE_ID = "x-cdcflow-batch-message-id"  # a change dead-lettered out of a batch
+H_BATCH_POSITION = "x-cdcflow-batch-position"
 DELIVERY_LIMIT_REASON = "delivery_limit_exceeded"
 
 
@@ -45,9 +51,24 @@ def _now_iso() -> str:
 
 
 def dead_letter(delivery: Delivery, rejection: Rejection, settings: Settings) -> OutgoingMessage:
-    """The failed-queue copy of a delivery: same body and message_id, reason in headers."""
+    """The failed-queue record of a rejection: reason in headers.
+
+    A rejection of a whole message copies it (same body and message_id). A change
+    rejected inside a batch message becomes a one-change message of its own: its
+    envelope as the body (or, for a message cut short, the fragment that arrived),
+    its own message_id, and headers naming the batch message it came from, so
+    ``cdcflow dlq replay`` puts back just that change.
+    """
     original = delivery.properties
     headers: dict[str, Any] = dict(original.headers or {})
+    body, content_type, message_id = delivery.body, original.content_type, original.message_id
+    if rejection.position is not None:
+        headers.pop(H_CHANGES, None)
+        headers[H_BATCH_MESSAGE_ID] = original.message_id or ""
+        headers[H_BATCH_POSITION] = rejection.position
+        body = rejection.body if rejection.body is not None else b""
+        content_type = CONTENT_TYPE
+        message_id = rejection.message_id or f"{original.message_id}#{rejection.position}"
     attempts = int(headers.get(H_ATTEMPTS, 0) or 0) + 1
     now = _now_iso()
     headers.update(
@@ -65,13 +86,13 @@ def dead_letter(delivery: Delivery, rejection: Rejection, settings: Settings) ->
     if rejection.doc_id is not None:
         headers[H_DOC_ID] = rejection.doc_id
     properties = BasicProperties(
-        content_type=original.content_type,
-        message_id=original.message_id,
+        content_type=content_type,
+        message_id=amqp_message_id(message_id) if message_id else None,
         timestamp=original.timestamp,
         delivery_mode=pika.DeliveryMode.Persistent,
         headers=headers,
     )
-    return OutgoingMessage("", settings.failed_queue_name, delivery.body, properties)
+    return OutgoingMessage("", settings.failed_queue_name, body, properties)
 
 
 def reason_of(properties: BasicProperties) -> str:
@@ -101,10 +122,14 @@ class FailedMessage:
     message_id: str | None
     body: bytes
     properties: BasicProperties
+    # Changes the message carries: 1, or a whole batch message's count (the broker
+    # moves a batch message that crashed consumers x-delivery-limit times as it is).
+    changes: int = 1
 
     def summary(self, max_body: int = 200) -> dict[str, Any]:
         text = self.body[:max_body].decode("utf-8", errors="replace")
-        return {
+        headers = self.properties.headers or {}
+        summary = {
             "reason": self.reason,
             "stage": self.stage,
             "detail": self.detail,
@@ -112,8 +137,13 @@ class FailedMessage:
             "first_failure": self.first_failure,
             "message_id": self.message_id,
             "routing_key": self.routing_key,
+            "changes": self.changes,
             "body": text + ("…" if len(self.body) > max_body else ""),
         }
+        if H_BATCH_MESSAGE_ID in headers:  # one change dead-lettered out of a batch
+            summary["batch_message_id"] = str(headers[H_BATCH_MESSAGE_ID])
+            summary["batch_position"] = int(headers.get(H_BATCH_POSITION, 0) or 0)
+        return summary
 
 
 def _failed_message(
@@ -131,6 +161,7 @@ def _failed_message(
         message_id=properties.message_id,
         body=body,
         properties=properties,
+        changes=declared_changes(headers) if is_batch(properties.content_type) else 1,
     )
 
 
@@ -147,31 +178,35 @@ def _browse(ch: BlockingChannel, settings: Settings, limit: int | None) -> Itera
 
 @dataclass
 class Inspection:
-    total: int
+    total: int  # messages
     reasons: Counter[str]
     samples: dict[str, list[dict[str, Any]]]
+    changes: int = 0  # the changes those messages carry (more than total: batch messages)
 
 
 def inspect(settings: Settings, *, samples: int = 3, limit: int | None = None) -> Inspection:
     """Count the failed queue by reason with a few samples each; changes nothing."""
     reasons: Counter[str] = Counter()
     kept: dict[str, list[dict[str, Any]]] = {}
+    changes = 0
     with broker.channel(settings) as ch:
         broker.declare_topology(ch, settings)
         for message in _browse(ch, settings, limit):
             reasons[message.reason] += 1
+            changes += message.changes
             bucket = kept.setdefault(message.reason, [])
             if len(bucket) < samples:
                 bucket.append(message.summary())
         # Closing the channel without acking puts every browsed message back.
-    return Inspection(sum(reasons.values()), reasons, kept)
+    return Inspection(sum(reasons.values()), reasons, kept, changes)
 
 
 @dataclass
 class ReplayResult:
-    replayed: int
+    replayed: int  # messages
     kept: int
     by_reason: Counter[str]
+    changes: int = 0  # the changes in the replayed messages
 
 
 def replay(
@@ -191,7 +226,7 @@ def replay(
     it twice at worst, never zero times. The failure headers stay (attempts
     count up if it fails again); the reason header is dropped.
     """
-    replayed = kept = 0
+    replayed = kept = changes = 0
     by_reason: Counter[str] = Counter()
     with broker.channel(settings) as ch:
         broker.declare_topology(ch, settings)
@@ -202,6 +237,7 @@ def replay(
                 continue
             by_reason[message.reason] += 1
             replayed += 1
+            changes += message.changes
             if dry_run:
                 continue
             headers = {
@@ -223,7 +259,7 @@ def replay(
                 settings.exchange, message.routing_key, message.body, properties, mandatory=True
             )
             ch.basic_ack(message.tag)
-    return ReplayResult(replayed, kept, by_reason)
+    return ReplayResult(replayed, kept, by_reason, changes)
 
 
 def purge(settings: Settings) -> int:

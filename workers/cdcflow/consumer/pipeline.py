@@ -144,6 +144,7 @@ def counters() -> dict[str, float]:
     return {
         "consumed": _sample(sample_name(MESSAGES_CONSUMED)),
         "acked": _sample(sample_name(MESSAGES_ACKED)),
+        "changes_acked": _sample(sample_name(metrics.CHANGES_ACKED)),
         "loaded": _labelled_total(metrics.ROWS_LOADED),
         "dead_lettered": _labelled_total(metrics.MESSAGES_DEAD_LETTERED),
         "ignored": _labelled_total(metrics.MESSAGES_IGNORED),

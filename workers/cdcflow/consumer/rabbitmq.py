@@ -35,6 +35,7 @@ from pika.spec import Basic, BasicProperties
 from cdcflow import broker, metrics
 from cdcflow.config import Settings
 from cdcflow.errors import CdcflowError
+from cdcflow.packing import declared_changes, is_batch
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class Delivery:
     routing_key: str
     exchange: str
     redelivered: bool
+    changes: int = 1  # changes the message carries (batch messages: x-cdcflow-changes)
 
 
 class AckLedger:
@@ -138,14 +140,17 @@ class RabbitConsumer:
     # --- consuming ------------------------------------------------------------------
 
     def take(
-        self, max_messages: int, fill_s: float, idle_wait_s: float = IDLE_WAIT_S
+        self, max_changes: int, fill_s: float, idle_wait_s: float = IDLE_WAIT_S
     ) -> list[Delivery]:
-        """Up to ``max_messages`` deliveries: wait at most ``idle_wait_s`` for the first,
-        then at most ``fill_s`` more for the rest. A backlog fills a batch at once; a
-        trickle closes it after ``fill_s``, which bounds what a batch adds to freshness."""
+        """Deliveries until they hold ``max_changes`` changes (a batch message counts
+        its ``x-cdcflow-changes``; the last one may go past): wait at most
+        ``idle_wait_s`` for the first, then at most ``fill_s`` more for the rest. A
+        backlog fills a batch at once; a trickle closes it after ``fill_s``, which
+        bounds what a batch adds to freshness."""
         batch: list[Delivery] = []
+        changes = 0
         deadline = time.monotonic() + idle_wait_s
-        while len(batch) < max_messages:
+        while changes < max_changes:
             try:
                 delivery = self._deliveries.get_nowait()
             except queue.Empty:
@@ -161,6 +166,7 @@ class RabbitConsumer:
             if not batch:
                 deadline = time.monotonic() + fill_s
             batch.append(delivery)
+            changes += delivery.changes
         return batch
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
@@ -168,9 +174,11 @@ class RabbitConsumer:
         if not deliveries:
             return
         tags_by_epoch: dict[int, list[int]] = {}
+        changes: dict[int, int] = {}
         for delivery in deliveries:
             tags_by_epoch.setdefault(delivery.epoch, []).append(delivery.tag)
-        self._call_on_io_thread(lambda: self._ack_now(tags_by_epoch))
+            changes[delivery.epoch] = changes.get(delivery.epoch, 0) + delivery.changes
+        self._call_on_io_thread(lambda: self._ack_now(tags_by_epoch, changes=changes))
 
     def requeue(self, deliveries: Sequence[Delivery]) -> None:
         """Hand deliveries back to the broker unacknowledged (thread safe): it delivers
@@ -182,7 +190,14 @@ class RabbitConsumer:
             tags_by_epoch.setdefault(delivery.epoch, []).append(delivery.tag)
         self._call_on_io_thread(lambda: self._ack_now(tags_by_epoch, requeue=True))
 
-    def _ack_now(self, tags_by_epoch: dict[int, list[int]], *, requeue: bool = False) -> None:
+    def _ack_now(
+        self,
+        tags_by_epoch: dict[int, list[int]],
+        *,
+        requeue: bool = False,
+        changes: dict[int, int] | None = None,
+    ) -> None:
+        changes = changes or {}
         channel = self._channel
         for epoch, tags in tags_by_epoch.items():
             if epoch != self._epoch or channel is None or not channel.is_open:
@@ -203,6 +218,7 @@ class RabbitConsumer:
                     channel.basic_ack(tag, multiple=multiple)
             if not requeue:
                 metrics.MESSAGES_ACKED.inc(len(tags))
+                metrics.CHANGES_ACKED.inc(changes.get(epoch, len(tags)))
 
     def publish(self, messages: Sequence[OutgoingMessage], timeout: float = 30.0) -> None:
         """Publish with confirms on the I/O thread; returns once the broker has them all.
@@ -255,6 +271,9 @@ class RabbitConsumer:
         def on_message(
             ch: BlockingChannel, method: Basic.Deliver, properties: BasicProperties, body: bytes
         ) -> None:
+            changes = 1
+            if is_batch(properties.content_type):
+                changes = declared_changes(properties.headers)
             self._deliveries.put(
                 Delivery(
                     epoch=epoch,
@@ -264,6 +283,7 @@ class RabbitConsumer:
                     routing_key=str(method.routing_key or ""),
                     exchange=str(method.exchange or ""),
                     redelivered=bool(method.redelivered),
+                    changes=changes,
                 )
             )
 

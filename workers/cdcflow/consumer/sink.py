@@ -95,12 +95,12 @@ class _WriteFn(beam.DoFn):
 
     def process(self, batch: TransformedBatch) -> Iterator[TransformedBatch]:
         processed = batch.processed
-        if processed.accounted != processed.messages:
-            # Acking now would acknowledge a message with no row, no failed-queue record
+        if processed.accounted != processed.changes:
+            # Acking now would acknowledge a change with no row, no failed-queue record
             # and no counted reason: fail the bundle instead (nothing is acked).
             raise RuntimeError(
-                f"batch of {processed.messages} messages accounts for {processed.accounted}: "
-                "refusing to acknowledge it"
+                f"batch of {processed.messages} messages owes {processed.changes} outcomes "
+                f"and accounts for {processed.accounted}: refusing to acknowledge it"
             )
         rows = processed.rows
         if rows.num_rows:

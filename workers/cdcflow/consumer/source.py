@@ -6,9 +6,10 @@ in-process runner and the portable Flink runner:
 * one input element = one restriction = one competing consumer
   (``Create(range(parallelism))``), each with its own connection
   (:class:`~cdcflow.consumer.rabbitmq.RabbitConsumer`), opened lazily;
-* each bundle takes one batch (up to ``batch_max_messages`` or
-  ``batch_max_s``) and emits it as ONE element, so everything downstream works
-  on batches;
+* each bundle takes one batch (messages until they hold ``batch_max_messages``
+  changes, or ``batch_max_s``) and emits it as ONE element, so everything
+  downstream works on batches; a batch message (many changes) is unpacked by
+  the transform;
 * the source checkpoints itself after every batch (``defer_remainder``):
   portable runners never split an SDF, and a bundle must end for its
   finalization (the ack) to run;
@@ -180,7 +181,7 @@ class _ReadQueueFn(beam.DoFn):
         if runtime.STOP.is_set():
             return True
         if settings.max_messages is not None and slot.taken >= settings.max_messages:
-            log.info("read %d messages: stopping (--max-messages)", slot.taken)
+            log.info("read %d changes: stopping (--max-messages)", slot.taken)
             return True
         idle = self._now() - slot.last_message_at
         if settings.idle_exit_s is not None and idle >= settings.idle_exit_s:
@@ -214,10 +215,13 @@ class _ReadQueueFn(beam.DoFn):
         now = Timestamp.now()
         watermark.set_watermark(now)
         if deliveries:
-            slot.taken += len(deliveries)
+            slot.taken += sum(delivery.changes for delivery in deliveries)
             slot.last_message_at = self._now()
             metrics.MESSAGES_CONSUMED.inc(len(deliveries))
             metrics.BATCH_SIZE.observe(len(deliveries))
+            observe = metrics.CHANGES_PER_MESSAGE.observe
+            for delivery in deliveries:
+                observe(delivery.changes)
             ack = _AckOnFinalize(consumer, deliveries)
             self._unfinalized.append(ack)
             bundle_finalizer.register(ack)

@@ -14,7 +14,6 @@ compares them).
 
 from __future__ import annotations
 
-import hashlib
 import struct
 import time
 
@@ -22,13 +21,13 @@ import pika
 from pika import frame, spec
 
 from cdcflow.events import CONTENT_TYPE, EncodedChange
+from cdcflow.packing import BATCH_CONTENT_TYPE, H_CHANGES, amqp_message_id, pack
 from cdcflow.producer.outbox import Entry, Token
 
 FRAME_HEADER = 2
 FRAME_BODY = 3
 FRAME_END = b"\xce"
 FRAME_OVERHEAD = 8  # type (1) + channel (2) + size (4) + end marker (1)
-MAX_SHORTSTR = 255
 
 # Basic property flags (AMQP 0-9-1 §4.2.6.1: bit 15 is the first property).
 _CONTENT_TYPE, _HEADERS, _DELIVERY_MODE = 1 << 15, 1 << 13, 1 << 12
@@ -37,23 +36,14 @@ _FLAGS = _CONTENT_TYPE | _HEADERS | _DELIVERY_MODE | _MESSAGE_ID | _TIMESTAMP
 _BASIC_CLASS = spec.Basic.INDEX  # 60
 _PERSISTENT = b"\x02"
 _CONTENT_TYPE_FIELD = bytes((len(CONTENT_TYPE),)) + CONTENT_TYPE.encode()
+_BATCH_CONTENT_TYPE_FIELD = bytes((len(BATCH_CONTENT_TYPE),)) + BATCH_CONTENT_TYPE.encode()
+_CHANGES_KEY = bytes((len(H_CHANGES),)) + H_CHANGES.encode() + b"S"
 _OP_KEY = b"\x0cx-cdcflow-opS"  # shortstr key + 'S' (long string) value type
 _VERSION_KEY = b"\x11x-cdcflow-versionS"
 _frame_head = struct.Struct(">BHI")
 _header_head = struct.Struct(">HHQH")
 _u32 = struct.Struct(">I")
 _u64 = struct.Struct(">Q")
-
-
-def amqp_message_id(message_id: str) -> str:
-    """``message_id`` itself, or a stable digest when it exceeds AMQP's 255-byte limit.
-
-    Real MongoDB resume tokens embed the document key, so a long ``_id`` makes a
-    token longer than a short string may be; the digest is as stable under replay.
-    """
-    if len(message_id.encode()) <= MAX_SHORTSTR:
-        return message_id
-    return "sha256:" + hashlib.sha256(message_id.encode()).hexdigest()
 
 
 def content_header(
@@ -72,11 +62,25 @@ def content_header(
             version_bytes,
         )
     )
+    return _header(body_size, _CONTENT_TYPE_FIELD, table, message_id, timestamp)
+
+
+def batch_content_header(body_size: int, *, message_id: str, changes: int, timestamp: int) -> bytes:
+    """The content header of a batch message: its content type and ``x-cdcflow-changes``
+    (no op or version header: those belong to each change inside)."""
+    count = str(changes).encode()
+    table = b"".join((_CHANGES_KEY, _u32.pack(len(count)), count))
+    return _header(body_size, _BATCH_CONTENT_TYPE_FIELD, table, message_id, timestamp)
+
+
+def _header(
+    body_size: int, content_type: bytes, table: bytes, message_id: str, timestamp: int
+) -> bytes:
     mid = amqp_message_id(message_id).encode()
     return b"".join(
         (
             _header_head.pack(_BASIC_CLASS, 0, body_size, _FLAGS),
-            _CONTENT_TYPE_FIELD,
+            content_type,
             _u32.pack(len(table)),
             table,
             _PERSISTENT,
@@ -140,3 +144,22 @@ def message_entry(change: EncodedChange, checkpoint: Token | None) -> Entry:
         timestamp=int(time.time()),
     )
     return Entry(change.body, header, message_id, checkpoint)
+
+
+def batch_entry(changes: list[EncodedChange], checkpoints: list[Token | None]) -> Entry:
+    """An outbox entry for consecutive changes packed into one batch message.
+
+    Its checkpoint is the newest token among them: the message is confirmed as a
+    whole, so every one of its tokens becomes saveable at once. Its ``message_id``
+    names the first and last change (stable when the same changes are packed the
+    same way again; replays collapse downstream by (id, version) either way).
+    """
+    body = pack([change.body for change in changes])
+    message_id = amqp_message_id(f"changes:{changes[0].message_id}..{changes[-1].message_id}")
+    header = batch_content_header(
+        len(body), message_id=message_id, changes=len(changes), timestamp=int(time.time())
+    )
+    checkpoint = next((token for token in reversed(checkpoints) if token is not None), None)
+    entry = Entry(body, header, message_id, checkpoint)
+    entry.changes = len(changes)
+    return entry

@@ -34,7 +34,7 @@ import pika
 from pika import spec
 
 from cdcflow.events import canonical_id, cluster_time_of, to_json_safe
-from cdcflow.producer.amqp import amqp_message_id
+from cdcflow.packing import amqp_message_id
 from cdcflow.producer.outbox import Entry, Token
 from cdcflow.versions import InvalidEvent
 

@@ -47,6 +47,7 @@ from cdcflow.errors import HistoryLost
 from cdcflow.events import (
     DML_OPERATIONS,
     STREAM_ENDING_OPERATIONS,
+    EncodedChange,
     drop_envelope,
     encode_change,
     encode_envelope,
@@ -55,7 +56,8 @@ from cdcflow.events import (
 )
 from cdcflow.health import Health
 from cdcflow.mongo import open_mongo_client, wait_for_mongo
-from cdcflow.producer.amqp import message_entry
+from cdcflow.packing import Packer
+from cdcflow.producer.amqp import batch_entry, message_entry
 from cdcflow.producer.changestream import (
     ChangeReader,
     PoisonStream,
@@ -89,8 +91,9 @@ class ProducerStats:
     skipped: int = 0  # events not published (DDL and other non-document changes)
     failed: int = 0  # events recorded in the failed queue instead of published
     stopped: str | None = None  # why capture stopped (drop, rename ...), if it did
-    published: int = 0  # messages handed to the broker
-    confirmed: int = 0  # messages the broker confirmed
+    published: int = 0  # changes handed to the broker (a batch message holds many)
+    confirmed: int = 0  # changes the broker confirmed
+    messages: int = 0  # AMQP messages the broker confirmed
     snapshots: int = 0
     history_lost: int = 0
     reconnects: int = 0  # RabbitMQ and MongoDB connections re-established
@@ -180,6 +183,9 @@ class Producer:
         )
         self.stats = ProducerStats()
         self._chunk = max(1, min(500, settings.publish_window // 4))
+        self._packer: Packer[tuple[EncodedChange, Token | None]] = Packer(
+            settings.pack_max_changes, settings.pack_max_bytes, settings.pack_linger_s
+        )
         self._captured = dict.fromkeys(("insert", "update", "replace", "delete", "snapshot"), 0)
         self._reported = dict(self._captured)
         self._last_token: Token | None = None  # checkpoint of the newest submitted entry
@@ -327,14 +333,28 @@ class Producer:
             raise _StreamEnded("drop", {"_id": token, "operationType": "drop"} if token else None)
 
     def _stream(self) -> None:
-        """Read and publish until ``stop``; raises on lost history, end or lost server."""
-        reader, submit, stop = self.reader, self.publisher.submit, self.stop
+        """Read and publish until ``stop``; raises on lost history, end or lost server.
+
+        Changes are packed into batch messages (:mod:`cdcflow.packing`); a partly
+        filled one waits up to ``pack_linger_s`` for more. Anything that is not a
+        change (a checkpoint, a failed-event record, the end of the stream) first
+        closes the open batch, so tokens reach the outbox in stream order and none
+        is saved before the message holding its change is confirmed.
+        """
+        reader, submit, stop, packer = self.reader, self.publisher.submit, self.stop, self._packer
         captured, chunk = self._captured, self._chunk
         buffer: list[Entry] = []
         try:
             while True:
                 event = reader.next()
                 if event is None:
+                    if packer.pending:
+                        now = time.monotonic()
+                        if not packer.due(now):
+                            if stop.wait(min(packer.wait_s(now), IDLE_SLEEP_S)):
+                                return
+                            continue
+                        buffer += self._packed(packer.flush())
                     if buffer:
                         submit(buffer, stop)
                         self._last_token = buffer[-1].checkpoint or self._last_token
@@ -352,12 +372,16 @@ class Producer:
                     try:
                         encoded = encode_change(event)
                     except InvalidEvent as error:
+                        buffer += self._packed(packer.flush())
                         buffer.append(self._failed(event, error, checkpoint))
                     else:
-                        buffer.append(message_entry(encoded, checkpoint))
+                        closed = packer.add(encoded.body, (encoded, checkpoint), time.monotonic())
+                        if closed:
+                            buffer += self._packed(closed)
                         captured[op] += 1
                         self._last_cluster_time = encoded.cluster_time
                 elif op in STREAM_ENDING_OPERATIONS:
+                    buffer += self._packed(packer.flush())
                     if buffer:
                         submit(buffer, stop)
                         self._last_token, buffer = buffer[-1].checkpoint, []
@@ -365,7 +389,10 @@ class Producer:
                 else:
                     self._skip("unsupported_operation", op, checkpoint)
                     if checkpoint is not None:
+                        buffer += self._packed(packer.flush())
                         buffer.append(checkpoint_entry(checkpoint))
+                if packer.pending and reader.batch_done() and packer.due(time.monotonic()):
+                    buffer += self._packed(packer.flush())
                 if not buffer:
                     continue
                 if len(buffer) >= chunk or reader.batch_done():
@@ -380,8 +407,22 @@ class Producer:
                     if now >= self._next_tick:
                         self._tick(now)
         finally:
+            buffer += self._packed(packer.flush())
             if buffer:  # read before an error: publish, the stream resumes after them
                 submit(buffer, stop)
+
+    def _packed(
+        self, groups: list[tuple[list[bytes], list[tuple[EncodedChange, Token | None]]]]
+    ) -> list[Entry]:
+        """Outbox entries for closed batches: a lone change travels as a one-change message."""
+        entries = []
+        for _bodies, payloads in groups:
+            if len(payloads) == 1:
+                encoded, checkpoint = payloads[0]
+                entries.append(message_entry(encoded, checkpoint))
+            else:
+                entries.append(batch_entry([p[0] for p in payloads], [p[1] for p in payloads]))
+        return entries
 
     def _idle(self) -> bool:
         """Nothing new: keep the high-water mark, report, nap. False once stopping."""
@@ -468,6 +509,7 @@ class Producer:
         documents = 0
         next_log = time.monotonic() + PROGRESS_LOG_S
         try:
+            packer = self._packer
             for batch in snapshot_batches(self.collection, settings.snapshot_batch):
                 entries = []
                 for document in batch:
@@ -476,9 +518,12 @@ class Producer:
                     except InvalidEvent as error:
                         key = {"_id": document.get("_id")} if isinstance(document, dict) else None
                         read = {"operationType": "snapshot", "documentKey": key}
+                        entries += self._packed(packer.flush())
                         entries.append(self._failed(read, error, None))
                         continue
-                    entries.append(message_entry(encode_envelope(envelope), None))
+                    encoded = encode_envelope(envelope)
+                    entries += self._packed(packer.add(encoded.body, (encoded, None), 0.0))
+                entries += self._packed(packer.flush())
                 for at in range(0, len(entries), self._chunk):
                     if not publisher.submit(entries[at : at + self._chunk], stop):
                         return False
@@ -601,6 +646,7 @@ class Producer:
         self.stats.captured = {op: n for op, n in self._captured.items() if n}
         self.stats.published = self.publisher.published
         self.stats.confirmed = self.publisher.confirmed
+        self.stats.messages = self.publisher.messages_confirmed
         self.stats.reconnects = self.publisher.reconnects + self._mongo_reconnects
         log.info(
             "producer stopped: %d published, %d confirmed, %d snapshots, %d token saves",

@@ -27,6 +27,7 @@ class Entry:
 
     __slots__ = (
         "body",
+        "changes",
         "checkpoint",
         "header",
         "message_id",
@@ -47,6 +48,7 @@ class Entry:
         self.header = header  # AMQP content-header payload (see cdcflow.producer.amqp)
         self.message_id = message_id
         self.checkpoint = checkpoint  # token saveable once this and all before are confirmed
+        self.changes = 0 if body is None else 1  # changes the message carries (batch: many)
         # None: the pipeline's exchange and routing key; else a queue on the default
         # exchange (failed-event records go straight to <collection>.failed).
         self.routing_key: str | None = None

@@ -89,6 +89,8 @@ class Publisher:
         self._submitted = 0  # messages; written by the producer thread only
         self._batches_in = 0  # written by the producer thread only
         self._confirmed = 0  # messages; written by the I/O thread only
+        self._submitted_changes = 0  # changes in them (a batch message holds many)
+        self._confirmed_changes = 0
         self._batches_out = 0  # batches moved into the outbox; I/O thread only
         self._connection: FramesConnection | None = None
         self._channel: Any = None
@@ -130,10 +132,16 @@ class Publisher:
 
     @property
     def published(self) -> int:
-        return self._submitted
+        """Changes handed over (a batch message counts each of its changes)."""
+        return self._submitted_changes
 
     @property
     def confirmed(self) -> int:
+        """Changes the broker confirmed."""
+        return self._confirmed_changes
+
+    @property
+    def messages_confirmed(self) -> int:
         return self._confirmed
 
     def submit(self, entries: list[Entry], stop: threading.Event | None = None) -> bool:
@@ -153,6 +161,7 @@ class Publisher:
             self._while_waiting()
         self._raise_failure()
         self._submitted += messages
+        self._submitted_changes += sum(entry.changes for entry in entries)
         self._batches_in += 1
         self._incoming.append(entries)
         if not self._wake_pending:
@@ -365,7 +374,9 @@ class Publisher:
             if confirmed:
                 self._channel_failures = 0
                 self._confirmed += len(confirmed)
-                metrics.EVENTS_PUBLISHED.inc(len(confirmed))
+                changes = sum(entry.changes for entry in confirmed)
+                self._confirmed_changes += changes
+                metrics.EVENTS_PUBLISHED.inc(changes)
                 metrics.PUBLISH_CONFIRM_SECONDS.observe(time.monotonic() - confirmed[-1].sent_at)
         else:
             refused = self._outbox.nack(method.delivery_tag, method.multiple)
