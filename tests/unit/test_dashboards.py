@@ -18,12 +18,7 @@ METRIC_NAME = re.compile(r"\b(cdcflow_[a-z0-9_]+|up)\b")
 # Metrics defined in cdcflow.metrics but shown on no dashboard, each with the reason it was
 # left off. Adding a metric to cdcflow.metrics fails test_unused_metrics_are_the_reviewed_allow_list
 # until it is put on a dashboard or listed here.
-UNUSED_ALLOWED: dict[str, str] = {
-    # Issue 18 (batch messages): read by the operator's scaler, `cdcflow status` and the
-    # benchmarks; the dashboards live in helm/, changed by their owners' issue, not here.
-    "cdcflow_changes_acked": "read by the benchmarks and the tests (changes, not messages)",
-    "cdcflow_changes_per_message": "read by the operator's scaler and `cdcflow status`",
-}
+UNUSED_ALLOWED: dict[str, str] = {}
 
 
 def _committed() -> dict[str, dict[str, Any]]:

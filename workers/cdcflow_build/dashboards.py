@@ -360,9 +360,20 @@ CONSUMER = Board(
     [
         row(
             "Consume",
-            ops("Consumed and acked", CONSUMED, (rate(m.MESSAGES_ACKED), "acked")),
+            ops(
+                "Consumed and acked",
+                CONSUMED,
+                (rate(m.MESSAGES_ACKED), "acked messages"),
+                (rate(m.CHANGES_ACKED), "acked changes"),
+                note="A message carries up to CDCFLOW_PACK_MAX_CHANGES changes.",
+            ),
             QUEUES,
             series("Bundle size", *quantiles(m.BATCH_SIZE, 0.5, 0.99)),
+            series(
+                "Changes per message",
+                *quantiles(m.CHANGES_PER_MESSAGE, 0.5, 0.99),
+                note="Queue depth counts messages: depth times this is the backlog in changes.",
+            ),
             RECONNECTS,
         ),
         row(
