@@ -8,7 +8,7 @@ the broker through :mod:`cdcflow_operator.broker`.
 from __future__ import annotations
 
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -159,19 +159,29 @@ def _observe_depth(pipeline: Pipeline, cluster: Cluster, seen: Observed, read: D
         seen.read_error = str(error)
 
 
-def _observe_producer(
-    pipeline: Pipeline, cluster: Cluster, seen: Observed, read: MetricsReader
-) -> None:
-    """Capture lag and resume-token age from the producer pod's /metrics, if reachable."""
-    pods = cluster.pods(pipeline.namespace, naming.selector(pipeline.name, naming.PRODUCER))
-    for pod in pods:
+def _pod_metrics(
+    pipeline: Pipeline, cluster: Cluster, component: str, read: MetricsReader
+) -> Iterator[dict[str, float]]:
+    """The /metrics of each Running pod of a component that answers.
+
+    Pods that do not answer (simulated nodes, a pod starting) are skipped: what they
+    would say stays unknown rather than failing the reconcile.
+    """
+    for pod in cluster.pods(pipeline.namespace, naming.selector(pipeline.name, component)):
         ip = getattr(pod.status, "pod_ip", None)
         if not ip or getattr(pod.status, "phase", None) != "Running":
             continue
         try:
-            values = read(f"http://{ip}:{naming.METRICS_PORT}{naming.METRICS_PATH}")
+            yield read(f"http://{ip}:{naming.METRICS_PORT}{naming.METRICS_PATH}")
         except (OSError, ValueError):
-            return  # unreachable (e.g. simulated nodes): the status leaves lag unknown
+            continue
+
+
+def _observe_producer(
+    pipeline: Pipeline, cluster: Cluster, seen: Observed, read: MetricsReader
+) -> None:
+    """Capture lag and resume-token age from the producer pod's /metrics, if reachable."""
+    for values in _pod_metrics(pipeline, cluster, naming.PRODUCER, read):
         seen.capture_lag_seconds = values.get(metrics.sample_name(metrics.CAPTURE_LAG_SECONDS))
         seen.resume_token_age_seconds = values.get(
             metrics.sample_name(metrics.RESUME_TOKEN_AGE_SECONDS)
@@ -187,15 +197,7 @@ def _observe_changes_per_message(
     if seen.reading is None:
         return
     total = messages = 0.0
-    pods = cluster.pods(pipeline.namespace, naming.selector(pipeline.name, naming.CONSUMER))
-    for pod in pods:
-        ip = getattr(pod.status, "pod_ip", None)
-        if not ip or getattr(pod.status, "phase", None) != "Running":
-            continue
-        try:
-            values = read(f"http://{ip}:{naming.METRICS_PORT}{naming.METRICS_PATH}")
-        except (OSError, ValueError):
-            continue  # unreachable (e.g. simulated nodes): the others may answer
+    for values in _pod_metrics(pipeline, cluster, naming.CONSUMER, read):
         total += values.get(metrics.sample_name(metrics.CHANGES_PER_MESSAGE, "_sum"), 0.0)
         messages += values.get(metrics.sample_name(metrics.CHANGES_PER_MESSAGE, "_count"), 0.0)
     if messages > 0:

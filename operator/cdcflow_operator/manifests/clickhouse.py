@@ -8,21 +8,22 @@ from cdcflow import naming
 from cdcflow_operator.manifests.common import (
     CLICKHOUSE_UID,
     CLICKHOUSE_URL_KEY,
+    DATA_CLAIM,
     PASSWORD_KEY,
     USERNAME_KEY,
     WAREHOUSE_CREDENTIALS,
     Manifest,
     container_security,
+    data_volume,
     metadata,
     pod_security,
     scrape_annotations,
 )
-from cdcflow_operator.models import DeletionPolicy, Pipeline
+from cdcflow_operator.models import Pipeline
 
 HTTP_PORT: Final = 8123
 NATIVE_PORT: Final = 9000
 PROMETHEUS_PORT: Final = 9363
-DATA_CLAIM: Final = "data"
 USERNAME: Final = "cdcflow"
 
 
@@ -128,16 +129,9 @@ def build_statefulset(pipeline: Pipeline) -> Manifest:
             },
         ],
     }
-    claim: dict[str, Any] = {
-        "metadata": {"name": DATA_CLAIM, "labels": naming.labels(pipeline.name, naming.WAREHOUSE)},
-        "spec": {
-            "accessModes": ["ReadWriteOnce"],
-            "resources": {"requests": {"storage": str(managed.storage)}},
-        },
-    }
-    if managed.storage_class_name:
-        claim["spec"]["storageClassName"] = managed.storage_class_name
-    when_deleted = "Delete" if pipeline.spec.deletion_policy is DeletionPolicy.delete else "Retain"
+    claim, retention = data_volume(
+        pipeline, naming.WAREHOUSE, managed.storage, managed.storage_class_name
+    )
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
@@ -146,10 +140,7 @@ def build_statefulset(pipeline: Pipeline) -> Manifest:
             "serviceName": name,
             "replicas": 1,
             "selector": {"matchLabels": naming.selector(pipeline.name, naming.WAREHOUSE)},
-            "persistentVolumeClaimRetentionPolicy": {
-                "whenDeleted": when_deleted,
-                "whenScaled": "Retain",
-            },
+            "persistentVolumeClaimRetentionPolicy": retention,
             "template": {
                 "metadata": {
                     "labels": naming.labels(pipeline.name, naming.WAREHOUSE),

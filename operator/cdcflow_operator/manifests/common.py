@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from cdcflow import config, naming
-from cdcflow_operator.models import API_VERSION, KIND, Pipeline
+from cdcflow_operator.models import API_VERSION, KIND, DeletionPolicy, Pipeline
 
 Manifest = dict[str, Any]
 
@@ -199,3 +199,28 @@ def worker_pod_spec(
         "containers": containers,
         "volumes": [{"name": "tmp", "emptyDir": {}}, *(volumes or [])],
     }
+
+
+DATA_CLAIM: Final = "data"
+"""The volume claim template of the managed broker's and warehouse's StatefulSets."""
+
+
+def data_volume(
+    pipeline: Pipeline, component: str, storage: int | str, storage_class: str | None
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """A StatefulSet's data claim template and its retention policy.
+
+    The claims outlive their pods; whether they outlive the Pipeline is the spec's
+    deletion policy (``Retain`` keeps the data for a re-created Pipeline to find).
+    """
+    claim: dict[str, Any] = {
+        "metadata": {"name": DATA_CLAIM, "labels": naming.labels(pipeline.name, component)},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": str(storage)}},
+        },
+    }
+    if storage_class:
+        claim["spec"]["storageClassName"] = storage_class
+    when_deleted = "Delete" if pipeline.spec.deletion_policy is DeletionPolicy.delete else "Retain"
+    return claim, {"whenDeleted": when_deleted, "whenScaled": "Retain"}

@@ -13,6 +13,7 @@ from cdcflow import naming
 from cdcflow_operator.manifests.common import (
     AMQP_URL_KEY,
     BROKER_CREDENTIALS,
+    DATA_CLAIM,
     ERLANG_COOKIE_KEY,
     MANAGEMENT_URL_KEY,
     PASSWORD_KEY,
@@ -20,18 +21,18 @@ from cdcflow_operator.manifests.common import (
     USERNAME_KEY,
     Manifest,
     container_security,
+    data_volume,
     metadata,
     pod_security,
     scrape_annotations,
 )
-from cdcflow_operator.models import DeletionPolicy, Pipeline
+from cdcflow_operator.models import Pipeline
 
 AMQP_PORT: Final = 5672
 MANAGEMENT_PORT: Final = 15672
 PROMETHEUS_PORT: Final = 15692
 EPMD_PORT: Final = 4369
 DIST_PORT: Final = 25672
-DATA_CLAIM: Final = "data"
 USERNAME: Final = "cdcflow"
 
 
@@ -186,16 +187,9 @@ def build_statefulset(pipeline: Pipeline) -> Manifest:
             {"name": "config", "mountPath": "/etc/rabbitmq/conf.d"},
         ],
     }
-    claim: dict[str, Any] = {
-        "metadata": {"name": DATA_CLAIM, "labels": naming.labels(pipeline.name, naming.BROKER)},
-        "spec": {
-            "accessModes": ["ReadWriteOnce"],
-            "resources": {"requests": {"storage": str(managed.storage)}},
-        },
-    }
-    if managed.storage_class_name:
-        claim["spec"]["storageClassName"] = managed.storage_class_name
-    when_deleted = "Delete" if pipeline.spec.deletion_policy is DeletionPolicy.delete else "Retain"
+    claim, retention = data_volume(
+        pipeline, naming.BROKER, managed.storage, managed.storage_class_name
+    )
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
@@ -205,10 +199,7 @@ def build_statefulset(pipeline: Pipeline) -> Manifest:
             "replicas": managed.replicas,
             "podManagementPolicy": "Parallel",
             "selector": {"matchLabels": naming.selector(pipeline.name, naming.BROKER)},
-            "persistentVolumeClaimRetentionPolicy": {
-                "whenDeleted": when_deleted,
-                "whenScaled": "Retain",
-            },
+            "persistentVolumeClaimRetentionPolicy": retention,
             "template": {
                 "metadata": {
                     "labels": naming.labels(pipeline.name, naming.BROKER),
