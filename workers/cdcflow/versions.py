@@ -53,6 +53,10 @@ HIGH_WATER_MARK = 0  # tokenType of a post-batch / start token
 EVENT_TOKEN = 128  # tokenType of an event's own token
 _NX_PREFIX = "nx:"
 
+Token = dict[str, Any]
+"""A resume token as the server gives it (``{"_data": ...}``): the one alias the producer's
+stream, outbox and offsets share."""
+
 
 class InvalidEvent(ValueError):
     """A change event that cannot become a message; ``reason`` is its failed-queue code."""

@@ -22,7 +22,8 @@ from pika import frame, spec
 
 from cdcflow.events import CONTENT_TYPE, EncodedChange
 from cdcflow.packing import BATCH_CONTENT_TYPE, H_CHANGES, amqp_message_id, pack
-from cdcflow.producer.outbox import Entry, Token
+from cdcflow.producer.outbox import Entry
+from cdcflow.versions import Token
 
 FRAME_HEADER = 2
 FRAME_BODY = 3

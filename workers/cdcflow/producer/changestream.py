@@ -41,11 +41,10 @@ from pymongo.errors import InvalidOperation, OperationFailure
 from cdcflow import metrics
 from cdcflow.errors import HistoryLost
 from cdcflow.events import OVERSIZE_MARK
-from cdcflow.versions import InvalidEvent, is_nx_token, nx_sequence, token_data
+from cdcflow.versions import InvalidEvent, Token, is_nx_token, nx_sequence, token_data
 
 log = logging.getLogger(__name__)
 
-Token = dict[str, Any]
 Event = dict[str, Any]
 
 HISTORY_LOST_CODE = 286  # ChangeStreamHistoryLost

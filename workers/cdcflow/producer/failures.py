@@ -35,8 +35,8 @@ from pika import spec
 
 from cdcflow.events import canonical_id, cluster_time_of, to_json_safe
 from cdcflow.packing import amqp_message_id
-from cdcflow.producer.outbox import Entry, Token
-from cdcflow.versions import InvalidEvent
+from cdcflow.producer.outbox import Entry
+from cdcflow.versions import InvalidEvent, Token
 
 FAILED_EVENT_CONTENT_TYPE = "application/vnd.cdcflow.failed-event+json; v=1"
 PRODUCER_STAGE = "producer"

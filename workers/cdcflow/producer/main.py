@@ -66,9 +66,9 @@ from cdcflow.producer.changestream import (
 )
 from cdcflow.producer.failures import failed_entry
 from cdcflow.producer.offsets import OffsetStore
-from cdcflow.producer.outbox import Entry, Token, checkpoint_entry
+from cdcflow.producer.outbox import Entry, checkpoint_entry
 from cdcflow.producer.publishing import Publisher
-from cdcflow.versions import InvalidEvent, token_data
+from cdcflow.versions import InvalidEvent, Token, token_data
 
 log = logging.getLogger(__name__)
 

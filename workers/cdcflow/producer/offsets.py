@@ -21,10 +21,9 @@ from pymongo.collection import Collection
 
 from cdcflow import metrics
 from cdcflow.config import Settings
+from cdcflow.versions import Token
 
 log = logging.getLogger(__name__)
-
-Token = dict[str, Any]
 
 
 class OffsetStore:

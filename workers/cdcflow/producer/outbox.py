@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Any
 
-Token = dict[str, Any]
+from cdcflow.versions import Token
 
 PENDING, SENT, RETURNED, CONFIRMED = 0, 1, 2, 3
 

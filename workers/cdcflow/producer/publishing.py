@@ -38,8 +38,9 @@ from cdcflow import broker, metrics
 from cdcflow.config import Settings
 from cdcflow.errors import ConfigError, ServiceUnavailable
 from cdcflow.producer.amqp import FRAME_OVERHEAD, FramesConnection, append_publish, publish_method
-from cdcflow.producer.outbox import Entry, Outbox, Token
+from cdcflow.producer.outbox import Entry, Outbox
 from cdcflow.urls import scrub
+from cdcflow.versions import Token
 
 log = logging.getLogger(__name__)
 
