@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 export UV_PYTHON_DOWNLOADS := never
 export UV_LINK_MODE := copy
 
-.PHONY: install demo test lint unit integration chaos bench clean help prometheus rabbitmq generate cluster-build cluster cluster-down flink \
+.PHONY: install demo test lint unit integration chaos bench clean help prometheus shellcheck rabbitmq generate cluster-build cluster cluster-down flink \
 	engine engine-down images containers crds kind-up kind-down chart
 
 help:
@@ -57,13 +57,17 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
 
-test: lint prometheus rabbitmq flink cluster-build
+test: lint prometheus shellcheck rabbitmq flink cluster-build
 	scripts/pytest.sh tests $(PYTEST_ARGS)
 
 # Real Prometheus/promtool for the alert-rule and scrape tests (Debian package;
 # prints "skipping: ..." where it cannot install, and those tests then skip).
 prometheus:
 	@bash scripts/install-prometheus.sh
+
+# shellcheck for the test that checks every shell script (Debian package; as root).
+shellcheck:
+	@bash scripts/install-shellcheck.sh
 
 # Regenerate the committed generated files (dashboards, alert rules, metrics table,
 # README settings table); tests fail when they are stale.

@@ -75,9 +75,24 @@ def engine() -> Iterator[Engine]:
         subprocess.run(["bash", str(ENGINE / "down.sh")], check=False, timeout=120)
 
 
+FIRST_BUILD_TIMEOUT_S = 3600
+"""pytest-timeout counts fixture setup against the first test that needs it: on a fresh
+machine that test pays for installing the engine, making the base image with debootstrap
+and building every image (Beam, Java, the Flink jars) on two cores, far more than the
+suite's default 600 s. Later tests reuse the session's images and stay well under it."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).resolve().parent
+    for item in items:
+        if here in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.timeout(FIRST_BUILD_TIMEOUT_S))
+
+
 @pytest.fixture(scope="session")
-def images(engine: Engine) -> dict[str, str]:
-    """Every image built (once per session) with `make images`' script; its table printed."""
+def images(engine: Engine, pytestconfig: pytest.Config) -> dict[str, str]:
+    """Every image built (once per session) with `make images`' script; its table of
+    sizes and build times goes to the terminal (not pytest's capture), so CI's log has it."""
     done = subprocess.run(
         ["bash", str(ENGINE / "images.sh")],
         env={**engine.env, "TAG": TAG, "IMAGES": " ".join(IMAGES)},
@@ -86,5 +101,9 @@ def images(engine: Engine) -> dict[str, str]:
         timeout=3600,
     )
     assert done.returncode == 0, f"make images failed:\n{done.stderr[-4000:]}"
-    print("\n" + done.stdout)
+    reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line("")
+        for line in done.stdout.splitlines():
+            reporter.write_line(line)
     return {name: ref(name) for name in IMAGES}

@@ -1,6 +1,6 @@
 """Every image builds with the engine (private here), starts and answers, runs as a
 non-root user and carries the OCI labels. Sizes and build times are printed by the
-`images` fixture (`-s` shows them)."""
+`images` fixture."""
 
 from __future__ import annotations
 
@@ -100,6 +100,13 @@ def test_flink_image_carries_java_17_and_the_checked_job_server(
     assert "CDCFLOW_RUNNER=flink" in env
     # Where the operator's consumer pods look for it.
     assert f"CDCFLOW_FLINK_JOB_SERVER_JAR={FLINK_JOB_SERVER_JAR}" in env
+
+
+def test_operator_image_answers_help(engine: Engine, images: dict[str, str]) -> None:
+    """The image's own entrypoint (`cdcflow-operator`), as a pod runs it."""
+    out = engine.run("run", "--rm", "--network", "none", images["operator"], "--help").stdout
+    for command in ("run", "crd"):
+        assert command in out, out
 
 
 def test_operator_image_is_the_light_core(engine: Engine, images: dict[str, str]) -> None:
