@@ -22,20 +22,6 @@ SRC=$K8S_CACHE/src
 STAGES=$K8S_BIN/kwok-stages.yaml
 
 # version_of NAME: the pinned source version a binary is built from.
-version_of() {
-  case $1 in
-    etcd) echo "$ETCD_VERSION" ;;
-    kwok) echo "$KWOK_VERSION" ;;
-    helm) echo "$HELM_VERSION" ;;
-    kwok-stages.yaml) echo "$KWOK_VERSION" ;;
-    *) echo "$K8S_VERSION staging $K8S_STAGING_VERSION" ;;
-  esac
-}
-
-is_current() {  # is_current NAME: built and from the pinned version
-  [[ -e $K8S_BIN/$1 && -f $K8S_BIN/.$1.version && $(<"$K8S_BIN/.$1.version") == "$(version_of "$1")" ]]
-}
-
 missing=()
 for name in "${CLUSTER_BINARIES[@]}" kwok-stages.yaml; do
   is_current "$name" || missing+=("$name")

@@ -24,6 +24,21 @@ export GOTOOLCHAIN=local
 # The binaries a cluster needs, in build order.
 CLUSTER_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok helm)
 
+# The version each built file is stamped with (build.sh writes $K8S_BIN/.NAME.version).
+version_of() {
+  case $1 in
+    etcd) echo "$ETCD_VERSION" ;;
+    kwok) echo "$KWOK_VERSION" ;;
+    helm) echo "$HELM_VERSION" ;;
+    kwok-stages.yaml) echo "$KWOK_VERSION" ;;
+    *) echo "$K8S_VERSION staging $K8S_STAGING_VERSION" ;;
+  esac
+}
+
+is_current() {  # is_current NAME: built and from the pinned version
+  [[ -e $K8S_BIN/$1 && -f $K8S_BIN/.$1.version && $(<"$K8S_BIN/.$1.version") == "$(version_of "$1")" ]]
+}
+
 say() { printf '%s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 

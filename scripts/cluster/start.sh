@@ -45,6 +45,10 @@ POD_RANGE=127.201.0.0/24
 for name in "${CLUSTER_BINARIES[@]}" kwok-stages.yaml; do
   [[ -e $K8S_BIN/$name ]] ||
     die "$K8S_BIN/$name is missing: build the cluster binaries first with 'make cluster-build' (scripts/cluster/build.sh; ~20 minutes the first time, once per machine)"
+  # A pin changed in versions.env since the build (etcd, kwok and helm share one folder):
+  # never start a cluster of other versions than the pinned ones.
+  is_current "$name" ||
+    die "$K8S_BIN/$name is not the pinned version ($(version_of "$name")): rebuild with 'make cluster-build'"
 done
 
 if [[ -f $STATE/pids ]]; then
