@@ -34,6 +34,7 @@ from typing import Annotated, Any, Literal, NamedTuple, TypeVar
 import orjson
 from bson import Decimal128, ObjectId, Timestamp
 from bson.binary import Binary
+from bson.datetime_ms import DatetimeMS
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
 from cdcflow.docids import NX_OID, ForbiddenDocumentId, doc_id, nx_key_text, nx_unwrap
@@ -121,6 +122,8 @@ def to_json_safe(value: Any) -> Any:
         return {"$oid": str(value)}
     if isinstance(value, dt.datetime):
         return {"$date": _iso_millis(value)}
+    if isinstance(value, DatetimeMS):  # a date Python cannot hold (past 9999): epoch ms
+        return {"$date": {"$numberLong": str(int(value))}}
     if isinstance(value, Decimal128):
         return {"$numberDecimal": str(value)}
     if isinstance(value, Timestamp):
