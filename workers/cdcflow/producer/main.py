@@ -105,6 +105,19 @@ class ProducerStats:
         return self.confirmed / self.seconds if self.seconds > 0 else 0.0
 
 
+def invalid_event(error: Exception) -> InvalidEvent:
+    """``error`` as the failed-queue error of one event: its own reason if it has one,
+    else ``invalid_event``. Any exception counts (a ValueError from an ``_id`` whose
+    text is too long, a pydantic error, ...): one event that cannot be encoded must
+    never crash the producer, which would read it again on every restart."""
+    if isinstance(error, InvalidEvent):
+        return error
+    return InvalidEvent(
+        f"the event cannot be encoded: {type(error).__name__}: {error}"[:1000],
+        reason="invalid_event",
+    )
+
+
 class _StreamEnded(Exception):
     """A drop, rename, dropDatabase or invalidate event: the stream is over."""
 
@@ -371,9 +384,9 @@ class Producer:
                         self._look_up(event)
                     try:
                         encoded = encode_change(event)
-                    except InvalidEvent as error:
+                    except Exception as error:  # whatever breaks on one event: record it
                         buffer += self._packed(packer.flush())
-                        buffer.append(self._failed(event, error, checkpoint))
+                        buffer.append(self._failed(event, invalid_event(error), checkpoint))
                     else:
                         closed = packer.add(encoded.body, (encoded, checkpoint), time.monotonic())
                         if closed:
@@ -515,13 +528,13 @@ class Producer:
                 for document in batch:
                     try:
                         envelope = snapshot_envelope(document, start_token=start, db=db, coll=coll)
-                    except InvalidEvent as error:
+                        encoded = encode_envelope(envelope)
+                    except Exception as error:  # whatever breaks on one document: record it
                         key = {"_id": document.get("_id")} if isinstance(document, dict) else None
                         read = {"operationType": "snapshot", "documentKey": key}
                         entries += self._packed(packer.flush())
-                        entries.append(self._failed(read, error, None))
+                        entries.append(self._failed(read, invalid_event(error), None))
                         continue
-                    encoded = encode_envelope(envelope)
                     entries += self._packed(packer.add(encoded.body, (encoded, None), 0.0))
                 entries += self._packed(packer.flush())
                 for at in range(0, len(entries), self._chunk):

@@ -1,0 +1,129 @@
+"""Issue 12, the gaps an audit of main found after the first fix (each failed on 7ac9ca3).
+
+Kept apart from tests/unit/test_real_mongodb.py (whose fakes and helpers it reuses)
+so each gap's proof is in one place.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import bson
+import pytest
+from bson import Decimal128, ObjectId
+from bson.codec_options import CodecOptions
+from bson.datetime_ms import DatetimeMS
+
+from cdcflow import metrics
+from cdcflow.config import Settings
+from cdcflow.events import decode_envelope, encode_change
+from cdcflow.mongo import client_options
+from tests.unit.test_changestream import FakeCollection, FakeStream
+from tests.unit.test_real_mongodb import (
+    COLL,
+    VIEW,
+    failed_records,
+    good_insert,
+    producer_run,
+    run,
+)
+
+HUGE = Decimal128("1E+6000")  # a valid _id whose integer text is over Python's 4300 digits
+YEAR_10000_MS = 253_402_300_800_000  # 10000-01-01T00:00:00Z: past Python's datetime
+
+
+def failed(reason: str) -> float:
+    labels = {"reason": reason}
+    return metrics.REGISTRY.get_sample_value("cdcflow_events_failed_total", labels) or 0.0
+
+
+# --- 1. events the producer cannot decode or encode -----------------------------------
+
+
+def test_a_date_past_9999_is_decoded_not_raised_and_travels_as_epoch_millis():
+    """main: no datetime_conversion, so pymongo raised InvalidBSON inside try_next()."""
+    options = client_options(Settings())
+    codec: CodecOptions[dict[str, Any]] = CodecOptions(
+        tz_aware=options["tz_aware"], datetime_conversion=options["datetime_conversion"]
+    )
+    raw = bson.encode({"started_at": DatetimeMS(YEAR_10000_MS), "at": dt.datetime(2026, 1, 1)})
+    with pytest.raises(bson.errors.InvalidBSON):
+        bson.decode(raw)  # pymongo's default: what crashed the producer
+    document = bson.decode(raw, codec)
+    assert document["started_at"] == DatetimeMS(YEAR_10000_MS)
+    assert isinstance(document["at"], dt.datetime)  # dates in range stay datetimes
+
+    event = {
+        **good_insert(1),
+        "ns": {"db": "media", "coll": COLL},
+        "fullDocument": {**good_insert(1)["fullDocument"], **document},
+    }
+    envelope = decode_envelope(encode_change(event).body)
+    assert envelope.doc is not None
+    assert envelope.doc["started_at"] == {"$date": {"$numberLong": str(YEAR_10000_MS)}}
+    # The consumer's date rule NULLs it with its reason; the row loads.
+    batch = run(encode_change(event).body)
+    assert batch.rows.column("started_at")[0].as_py() is None
+    assert batch.fixes == {"timestamp_out_of_range": 1} and not batch.rejections
+
+
+@pytest.mark.parametrize(
+    "poison",
+    [
+        {**good_insert(2), "documentKey": {"_id": HUGE}, "fullDocument": {"_id": HUGE, **VIEW}},
+        {**good_insert(2), "operationType": "delete", "documentKey": {"_id": HUGE},
+         "fullDocument": None},
+    ],
+    ids=["insert", "delete"],
+)  # fmt: skip
+def test_any_exception_encoding_one_event_is_a_failed_record(poison):
+    """main: the ValueError from the _id's text escaped the producer, on every restart."""
+    collection = FakeCollection()
+    stream = [good_insert(1), poison, good_insert(3)]
+    collection.on_watch = lambda options: FakeStream(
+        stream,
+        options["resume_after"],
+        stop=collection.stop,  # type: ignore[attr-defined]
+    )
+    before = failed("invalid_event")
+    producer, publisher, offsets = producer_run(collection, saved=good_insert(0)["_id"])
+    assert publisher.ops() == ["insert", "insert"]
+    (record,) = failed_records(publisher)
+    assert record["reason"] == "invalid_event" and "ValueError" in record["detail"]
+    assert record["token"] == poison["_id"]
+    assert record["document_key"] == {"_id": {"$numberDecimal": "1E+6000"}}
+    assert record["doc_id"] is None  # the record itself survives the id
+    assert failed("invalid_event") == before + 1 and producer.stats.failed == 1
+    assert offsets.offsets["media.views"]["token"] == good_insert(3)["_id"]
+
+
+def test_a_snapshot_document_that_cannot_be_encoded_is_a_failed_record():
+    """main: snapshot_envelope's ValueError stopped the snapshot, and every retry of it."""
+    documents = [{"_id": "a", **VIEW}, {"_id": HUGE, **VIEW}, {"_id": "b", **VIEW}]
+    collection = FakeCollection(documents)
+    streams: deque[Callable[[dict[str, Any]], FakeStream]] = deque(
+        [lambda o: FakeStream([], {"_data": "nx:7"}, stop=collection.stop)]  # type: ignore[attr-defined]
+    )
+    collection.on_watch = lambda options: streams.popleft()(options)
+    before = failed("invalid_event")
+    _, publisher, _ = producer_run(collection)
+    assert publisher.ops() == ["snapshot", "snapshot", "snapshot_end"]
+    (record,) = failed_records(publisher)
+    assert record["reason"] == "invalid_event"
+    assert record["document_key"] == {"_id": {"$numberDecimal": "1E+6000"}}
+    assert failed("invalid_event") == before + 1
+
+
+def test_the_fast_document_path_encodes_an_out_of_range_date_too():
+    """Flat documents go through orjson with a default hook: it must know DatetimeMS."""
+    oid = ObjectId(f"{5:024x}")
+    event = {
+        **good_insert(5),
+        "fullDocument": {"_id": oid, "started_at": DatetimeMS(-YEAR_10000_MS)},
+    }
+    doc = decode_envelope(encode_change(event).body).doc
+    assert doc is not None and doc["_id"] == {"$oid": str(oid)}
+    assert doc["started_at"] == {"$date": {"$numberLong": str(-YEAR_10000_MS)}}
