@@ -7,8 +7,10 @@ so each gap's proof is in one place.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import bson
@@ -21,6 +23,7 @@ from cdcflow import metrics
 from cdcflow.config import Settings
 from cdcflow.events import decode_envelope, encode_change
 from cdcflow.mongo import client_options
+from cdcflow.rules import PRODUCER_REASONS
 from tests.unit.test_changestream import FakeCollection, FakeStream
 from tests.unit.test_real_mongodb import (
     COLL,
@@ -127,3 +130,39 @@ def test_the_fast_document_path_encodes_an_out_of_range_date_too():
     doc = decode_envelope(encode_change(event).body).doc
     assert doc is not None and doc["_id"] == {"$oid": str(oid)}
     assert doc["started_at"] == {"$date": {"$numberLong": str(-YEAR_10000_MS)}}
+
+
+# --- 2. the alert on skipped or failed events fires on the first one -------------------
+
+
+def test_every_skip_and_failure_reason_is_exported_at_zero_from_the_start():
+    """main: only some labelled series existed before their first event, and increase()
+    of a series born at 1 is nothing, so CdcflowEventsSkippedOrFailed missed the first."""
+    metrics.EVENTS_FAILED.clear()
+    metrics.EVENTS_SKIPPED.clear()
+    collection = FakeCollection()
+    collection.on_watch = lambda options: FakeStream(
+        [],
+        options["resume_after"],
+        stop=collection.stop,  # type: ignore[attr-defined]
+    )
+    producer_run(collection, saved=good_insert(0)["_id"])
+    for reason, _meaning in PRODUCER_REASONS:
+        labels = {"reason": reason}
+        assert metrics.REGISTRY.get_sample_value("cdcflow_events_failed_total", labels) == 0
+    labels = {"reason": "unsupported_operation"}
+    assert metrics.REGISTRY.get_sample_value("cdcflow_events_skipped_total", labels) == 0
+
+
+def test_every_failure_reason_the_producer_can_give_is_a_documented_one():
+    """A reason raised in the code but missing from PRODUCER_REASONS would be neither
+    pre-created (so not alerted on at once) nor explained in docs/cleaning.md."""
+    root = Path(__file__).parents[2] / "workers" / "cdcflow"
+    sources = [root / "events.py", root / "versions.py", *sorted((root / "producer").glob("*.py"))]
+    given = set()
+    for source in sources:
+        text = source.read_text()
+        given |= set(re.findall(r'reason="([a-z_]+)"', text))
+        given |= set(re.findall(r'^    reason = "([a-z_]+)"', text, re.MULTILINE))
+    given -= {"poison_event", "history_lost", "initial"}  # snapshot reasons, not failures
+    assert given and given <= {reason for reason, _ in PRODUCER_REASONS}

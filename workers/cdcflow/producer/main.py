@@ -68,6 +68,7 @@ from cdcflow.producer.failures import failed_entry
 from cdcflow.producer.offsets import OffsetStore
 from cdcflow.producer.outbox import Entry, checkpoint_entry
 from cdcflow.producer.publishing import Publisher
+from cdcflow.rules import PRODUCER_REASONS
 from cdcflow.versions import InvalidEvent, Token, token_data
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ STOPPED_POLL_S = 5.0  # while capture is stopped: how often the offsets document
 PRESENCE_CHECK_S = 5.0  # while idle: how often the collection is checked to still exist
 PRESENCE_TIMEOUT_S = 1.0
 MIRRORED_DROPS = frozenset({"drop", "dropDatabase"})
+SKIP_REASONS = ("unsupported_operation",)  # every reason _skip is called with
 _STAGE = {"stage": "producer"}
 
 
@@ -125,6 +127,19 @@ class _StreamEnded(Exception):
         super().__init__(operation)
         self.operation = operation
         self.event = event
+
+
+def export_reason_series() -> None:
+    """Every skip and failure reason exported at 0 from the start.
+
+    The alert on skipped or failed events uses ``increase()``, which sees nothing
+    when a labelled series is born at 1: without these zeros the first poison
+    event of a reason would never fire it.
+    """
+    for reason, _meaning in PRODUCER_REASONS:
+        metrics.EVENTS_FAILED.labels(reason=reason)
+    for reason in SKIP_REASONS:
+        metrics.EVENTS_SKIPPED.labels(reason=reason)
 
 
 def _server_version(client: Any) -> str | None:
@@ -195,6 +210,7 @@ class Producer:
             split_events=supports_split_events(_server_version(client)),
         )
         self.stats = ProducerStats()
+        export_reason_series()
         self._chunk = max(1, min(500, settings.publish_window // 4))
         self._packer: Packer[tuple[EncodedChange, Token | None]] = Packer(
             settings.pack_max_changes, settings.pack_max_bytes, settings.pack_linger_s
