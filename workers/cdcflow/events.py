@@ -160,7 +160,8 @@ Version = Annotated[
     Field(ge=0, le=MAX_VERSION, strict=False),
     PlainSerializer(str, return_type=str),
 ]
-"""Versions are up to 96 bits: sent as decimal strings so no JSON reader rounds them
+"""Versions are up to 96 bits (at most 38 digits are read, see ``MAX_VERSION``): sent as
+decimal strings so no JSON reader rounds them
 (pydantic parses the string to an int natively, without a Python validator)."""
 
 
@@ -278,8 +279,8 @@ def fast_envelope(parsed: Any) -> ChangeEnvelope | None:
     operation = _OPERATIONS.get(op) if type(op) is str else None
     if operation is None or (doc_id is not None and type(doc_id) is not str):
         return None
-    if type(version) is str and version.isascii() and version.isdigit():
-        number = int(version)
+    if type(version) is str and version.isascii() and version.isdigit() and len(version) < 40:
+        number = int(version)  # short: int() refuses over 4300 digits (the schema decides)
     elif type(version) is int:
         number = version
     else:
