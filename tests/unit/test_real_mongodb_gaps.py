@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import bson
+import orjson
 import pytest
 from bson import Decimal128, ObjectId
 from bson.codec_options import CodecOptions
@@ -21,6 +22,7 @@ from bson.datetime_ms import DatetimeMS
 
 from cdcflow import metrics
 from cdcflow.config import Settings
+from cdcflow.consumer import batches
 from cdcflow.events import decode_envelope, encode_change
 from cdcflow.mongo import client_options
 from cdcflow.rules import PRODUCER_REASONS
@@ -28,8 +30,10 @@ from tests.unit.test_changestream import FakeCollection, FakeStream
 from tests.unit.test_real_mongodb import (
     COLL,
     VIEW,
+    envelope_of,
     failed_records,
     good_insert,
+    nx_insert,
     producer_run,
     run,
 )
@@ -166,3 +170,87 @@ def test_every_failure_reason_the_producer_can_give_is_a_documented_one():
         given |= set(re.findall(r'^    reason = "([a-z_]+)"', text, re.MULTILINE))
     given -= {"poison_event", "history_lost", "initial"}  # snapshot reasons, not failures
     assert given and given <= {reason for reason, _ in PRODUCER_REASONS}
+
+
+# --- 3. one bad change no longer sinks a consumer batch --------------------------------
+
+
+def nx_delete(n: int, doc: str, **changes: Any) -> bytes:
+    raw = {
+        "_id": {"_data": f"nx:{n}"},
+        "operationType": "delete",
+        "ns": {"db": "media", "coll": COLL},
+        "documentKey": {"_id": doc},
+        "fullDocument": {"_id": doc, **VIEW},  # nx-27017's pre-image
+    }
+    return envelope_of(encode_change(raw).body, **changes)
+
+
+def test_a_version_above_what_the_row_column_holds_is_rejected_at_parse():
+    """main: a delete at version 10^38 passed the 2^128 bound, then raised ArrowInvalid
+    building the tombstone rows outside the per-document fallback: the batch failed."""
+    top = 10**38 - 1
+    batch = run(
+        nx_insert(1, "a"),
+        nx_delete(2, "big", version=str(10**38)),
+        nx_insert(3, "b"),
+        nx_delete(4, "top", version=str(top)),
+        envelope_of(nx_insert(5, "i"), version=str((1 << 128) - 1)),
+    )
+    assert [(r.index, r.reason, r.stage) for r in batch.rejections] == [
+        (1, "invalid_envelope", "parse"),
+        (4, "invalid_envelope", "parse"),
+    ]
+    assert "version" in batch.rejections[0].detail
+    assert batch.rows.column("doc_id").to_pylist() == ["a", "b", "top"]
+    assert batch.rows.column("version").to_pylist()[-1] == top
+    assert batch.accounted == batch.messages == 5
+
+
+def test_a_version_of_thousands_of_digits_is_this_message_s_rejection():
+    """main: int() of a >4300-digit version raised in the fast parse, outside any try."""
+    huge = "9" * 5000
+    bodies = [nx_insert(1, "a"), envelope_of(nx_insert(2, "x"), version=huge), nx_insert(3, "b")]
+    batch = run(*bodies)
+    assert [(r.index, r.reason) for r in batch.rejections] == [(1, "invalid_envelope")]
+    assert batch.rows.column("doc_id").to_pylist() == ["a", "b"]
+
+
+def test_any_exception_while_parsing_one_message_is_contained_to_it(monkeypatch):
+    real = batches.parse_message
+
+    def explode_on_marker(body: bytes, *args: Any) -> Any:
+        if b'"boom"' in body:
+            raise RecursionError("a parser bug nobody foresaw")
+        return real(body, *args)
+
+    monkeypatch.setattr(batches, "parse_message", explode_on_marker)
+    batch = run(nx_insert(1, "a"), nx_insert(2, "boom"), nx_insert(3, "b"))
+    (rejection,) = batch.rejections
+    assert (rejection.index, rejection.reason, rejection.stage) == (1, "invalid_envelope", "parse")
+    assert "RecursionError" in rejection.detail
+    assert batch.rows.column("doc_id").to_pylist() == ["a", "b"]
+
+
+def test_a_delete_whose_row_cannot_be_built_is_rejected_alone(monkeypatch):
+    """Deletes now go through the same per-change containment as documents."""
+    real = batches._versions
+    poison = orjson.loads(nx_delete(4, "poison"))["version"]
+
+    def explode_on_poison(values: Any) -> Any:
+        if any(str(value) == poison for value in values):
+            raise ValueError("a version the column cannot hold")
+        return real(values)
+
+    monkeypatch.setattr(batches, "_versions", explode_on_poison)
+    batch = run(nx_insert(1, "a"), nx_delete(2, "d1"), nx_delete(4, "poison"), nx_delete(5, "d2"))
+    (rejection,) = batch.rejections
+    assert (rejection.index, rejection.reason, rejection.stage) == (
+        2,
+        "transform_error",
+        "transform",
+    )
+    assert rejection.doc_id == "poison" and "ValueError" in rejection.detail
+    rows = batch.rows.to_pylist()
+    assert [(row["doc_id"], row["is_deleted"]) for row in rows] == [("a", 0), ("d1", 1), ("d2", 1)]
+    assert batch.accounted == batch.messages == 4
