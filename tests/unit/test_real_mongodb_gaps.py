@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import threading
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -23,12 +24,25 @@ from bson.datetime_ms import DatetimeMS
 from cdcflow import metrics
 from cdcflow.config import Settings
 from cdcflow.consumer import batches
+from cdcflow.consumer.batches import process_batch
 from cdcflow.events import decode_envelope, encode_change
+from cdcflow.health import Health
 from cdcflow.mongo import client_options
+from cdcflow.producer.main import Producer
 from cdcflow.rules import PRODUCER_REASONS
-from tests.unit.test_changestream import FakeCollection, FakeStream
+from cdcflow.versions import event_version, first_event_version
+from tests.unit.test_changestream import (
+    FakeClient,
+    FakeCollection,
+    FakePublisher,
+    FakeStream,
+    StoppingOffsets,
+)
 from tests.unit.test_real_mongodb import (
     COLL,
+    HWM,
+    V1_FIRST,
+    V1_SECOND,
     VIEW,
     envelope_of,
     failed_records,
@@ -254,3 +268,105 @@ def test_a_delete_whose_row_cannot_be_built_is_rejected_alone(monkeypatch):
     rows = batch.rows.to_pylist()
     assert [(row["doc_id"], row["is_deleted"]) for row in rows] == [("a", 0), ("d1", 1), ("d2", 1)]
     assert batch.accounted == batch.messages == 4
+
+
+# --- 4. a drop mirrored as deletes, through the producer -------------------------------
+
+
+class Database(dict[str, FakeCollection]):
+    """A database whose collection list the test scripts (the presence check reads it)."""
+
+    def __init__(self, collections: dict[str, FakeCollection], answers: list[bool]) -> None:
+        super().__init__(collections)
+        self.answers = deque(answers)
+
+    def list_collection_names(self, **options: Any) -> list[str]:
+        present = self.answers.popleft() if len(self.answers) > 1 else self.answers[0]
+        return [options["filter"]["name"]] if present else []
+
+
+class DroppingClient(FakeClient):
+    def __init__(self, source: FakeCollection, offsets: FakeCollection, answers: list[bool]):
+        super().__init__(source, offsets)
+        self.database = Database(self._collections, answers)
+
+    def __getitem__(self, db: str) -> Any:
+        return self.database
+
+
+def nx_event(n: int, op: str, doc: str) -> dict[str, Any]:
+    return {
+        "_id": {"_data": f"nx:{n}"},
+        "operationType": op,
+        "ns": {"db": "media", "coll": "views"},
+        "documentKey": {"_id": doc},
+        "fullDocument": {"_id": doc, **VIEW},
+    }
+
+
+def mirror_run(
+    events: list[dict[str, Any]], start: dict[str, Any], answers: list[bool]
+) -> tuple[Producer, FakePublisher, StoppingOffsets]:
+    settings = Settings(
+        mongo_collection="views", mongo_db="media", metrics_port=0, mirror_drop_as_deletes=True
+    )
+    collection = FakeCollection()
+    collection.on_watch = lambda options: FakeStream(events, options["resume_after"] or start)
+    offsets = StoppingOffsets()
+    offsets.offsets["media.views"] = {"_id": "media.views", "token": start}
+    publisher, stop = FakePublisher(), threading.Event()
+    offsets.stop = stop  # type: ignore[attr-defined]
+    producer = Producer(
+        settings,
+        DroppingClient(collection, offsets, answers),  # type: ignore[arg-type]
+        publisher,  # type: ignore[arg-type]
+        Health("producer"),
+        stop,
+    )
+    producer.run()
+    producer.close()
+    return producer, publisher, offsets
+
+
+def warehouse_after(publisher: FakePublisher) -> tuple[list[dict[str, Any]], list[int]]:
+    """Rows and sweeps as the consumer makes them from what the producer published."""
+    bodies = publisher.bodies()
+    batch = process_batch(bodies, [None] * len(bodies), collection="views")
+    assert not batch.rejections
+    return batch.rows.to_pylist(), batch.sweeps
+
+
+def test_a_drop_event_mirrored_through_the_producer_deletes_every_row():
+    events = [nx_event(11, "insert", "a"), nx_event(12, "update", "a"), nx_event(13, "insert", "b")]
+    events.append({"_id": {"_data": "nx:14"}, "operationType": "drop"})
+    producer, publisher, offsets = mirror_run(events, {"_data": "nx:10"}, [True])
+    assert publisher.ops() == ["insert", "update", "insert", "drop"]
+    rows, sweeps = warehouse_after(publisher)
+    (sweep,) = sweeps
+    assert all(row["version"] < sweep for row in rows)  # sweep.sql: version < sweep
+    assert offsets.offsets["media.views"]["stopped"]["reason"] == "drop"
+    assert offsets.offsets["media.views"]["token"] == {"_data": "nx:14"}
+    assert producer.stats.stopped == "drop"
+
+
+def test_an_inferred_drop_on_nx_deletes_the_last_changed_document_too(monkeypatch):
+    """main: the inferred drop took the last event's own version, and the sweep (strictly
+    older rows) kept that event's document alive in the warehouse."""
+    monkeypatch.setattr("cdcflow.producer.main.PRESENCE_CHECK_S", 0.0)
+    events = [nx_event(11, "insert", "a"), nx_event(12, "insert", "b")]
+    _, publisher, offsets = mirror_run(events, {"_data": "nx:10"}, [True, False])
+    assert publisher.ops() == ["insert", "insert", "drop"]
+    rows, (sweep,) = warehouse_after(publisher)
+    assert {row["doc_id"] for row in rows if row["version"] < sweep} == {"a", "b"}
+    assert offsets.offsets["media.views"]["stopped"]["reason"] == "drop"
+
+
+def test_an_inferred_drop_at_a_high_water_mark_is_mirrored_not_a_crash(monkeypatch):
+    """main: event_version refused the high-water mark and the producer crashed."""
+    monkeypatch.setattr("cdcflow.producer.main.PRESENCE_CHECK_S", 0.0)
+    before = [event_version(V1_FIRST["_id"]), event_version(V1_SECOND["_id"])]
+    _, publisher, offsets = mirror_run([], HWM, [True, False])
+    assert publisher.ops() == ["drop"]
+    (drop,) = [decode_envelope(body) for body in publisher.bodies()]
+    assert drop.version == first_event_version(HWM) > max(before)
+    assert offsets.offsets["media.views"]["stopped"]["token"] == HWM

@@ -42,6 +42,7 @@ from cdcflow.versions import (
     MAX_VERSION,
     InvalidEvent,
     event_version,
+    first_event_version,
     is_nx_token,
     snapshot_version,
     sweep_version,
@@ -589,12 +590,18 @@ def snapshot_end_envelope(
 def drop_envelope(
     token: Any, *, db: str, coll: str, captured_at: dt.datetime | None = None
 ) -> ChangeEnvelope:
-    """A drop mirrored as deletes (opt-in): every row older than the drop is tombstoned."""
+    """A drop mirrored as deletes (opt-in): every row up to ``token`` is tombstoned.
+
+    Its version is the first an event after ``token`` can have, not the token's own
+    event version: on nx-27017 (no drop event) the token is the last event read,
+    whose row a sweep at that event's own version would keep (it deletes only older
+    rows), and on MongoDB it may be a high-water mark, which has no event version.
+    """
     return ChangeEnvelope(
         v=ENVELOPE_VERSION,
         op=Operation.DROP,
         id=None,
-        version=event_version(token),
+        version=first_event_version(token),
         cluster_time=None,
         ns=Namespace(db=db, coll=coll),
         doc=None,
