@@ -25,6 +25,7 @@ from cdcflow import metrics
 from cdcflow.config import Settings
 from cdcflow.consumer import batches
 from cdcflow.consumer.batches import process_batch
+from cdcflow.docids import MAPPING, doc_id
 from cdcflow.events import decode_envelope, encode_change
 from cdcflow.health import Health
 from cdcflow.mongo import client_options
@@ -370,3 +371,17 @@ def test_an_inferred_drop_at_a_high_water_mark_is_mirrored_not_a_crash(monkeypat
     (drop,) = [decode_envelope(body) for body in publisher.bodies()]
     assert drop.version == first_event_version(HWM) > max(before)
     assert offsets.offsets["media.views"]["stopped"]["token"] == HWM
+
+
+# --- 5. BSON undefined as _id: what pymongo hands over, told truthfully -----------------
+
+
+def test_bson_undefined_reads_as_null_and_the_docs_say_so():
+    """The docs claimed undefined was rejected; a test passed () (an array) for it.
+    pymongo decodes BSON undefined (type 0x06) as None: no code can tell it from null."""
+    raw = b"\x0a\x00\x00\x00\x06_id\x00\x00"  # {_id: undefined}
+    assert bson.decode(raw) == {"_id": None}
+    assert doc_id(bson.decode(raw)["_id"]) == "~null"
+    (row,) = [row for row in MAPPING if row[0].startswith("undefined")]
+    assert "MongoDB refuses" in row[0] and "~null" in row[2]
+    assert all("undefined" not in row[0] for row in MAPPING if row[2].startswith("rejected"))

@@ -306,7 +306,7 @@ PRODUCER_REASONS: tuple[tuple[str, str], ...] = (
     ("missing_resume_token", "the event has no resume token (_id._data)"),
     ("missing_document_key", "the event has no documentKey._id"),
     ("document_key_mismatch", "documentKey._id is not the fullDocument's _id"),
-    ("forbidden_document_id", "the _id is of a type MongoDB forbids (array, regex, undefined)"),
+    ("forbidden_document_id", "the _id is of a type MongoDB forbids (array, regex)"),
     ("document_not_object", "fullDocument is not a document"),
     ("insert_without_document", "an insert without its document"),
     ("replace_without_document", "a replace without its document"),
