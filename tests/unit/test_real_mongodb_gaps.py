@@ -26,11 +26,11 @@ from cdcflow.config import Settings
 from cdcflow.consumer import batches
 from cdcflow.consumer.batches import process_batch
 from cdcflow.docids import MAPPING, doc_id
-from cdcflow.events import decode_envelope, encode_change
+from cdcflow.events import Operation, decode_envelope, encode_change
 from cdcflow.health import Health
 from cdcflow.mongo import client_options
 from cdcflow.producer.main import Producer
-from cdcflow.rules import PRODUCER_REASONS
+from cdcflow.rules import MESSAGE_REASONS, PRODUCER_REASONS
 from cdcflow.versions import event_version, first_event_version
 from tests.unit.test_changestream import (
     FakeClient,
@@ -385,3 +385,13 @@ def test_bson_undefined_reads_as_null_and_the_docs_say_so():
     (row,) = [row for row in MAPPING if row[0].startswith("undefined")]
     assert "MongoDB refuses" in row[0] and "~null" in row[2]
     assert all("undefined" not in row[0] for row in MAPPING if row[2].startswith("rejected"))
+
+
+# --- 7. the documented meaning of unknown_operation lists every operation -------------
+
+
+def test_unknown_operation_names_every_operation_the_envelope_has():
+    """main's meaning omitted drop, which the consumer reads (a mirrored drop)."""
+    (meaning,) = [text for code, text in MESSAGE_REASONS if code == "unknown_operation"]
+    named = set(re.findall(r"[a-z_]+", meaning.split("op is not", 1)[1])) - {"or"}
+    assert named == {operation.value for operation in Operation}

@@ -260,7 +260,10 @@ MESSAGE_REASONS: tuple[tuple[str, str], ...] = (
     ("message_too_large", "the body is larger than the consumer accepts"),
     ("wrong_content_type", "the content type is not the cdcflow change envelope"),
     ("unsupported_envelope_version", "the envelope's v is not one this consumer reads"),
-    ("unknown_operation", "op is not insert, update, replace, delete, snapshot or snapshot_end"),
+    (
+        "unknown_operation",
+        "op is not insert, update, replace, delete, snapshot, snapshot_end or drop",
+    ),
     ("missing_document_id", "a document change has no id"),
     ("invalid_envelope", "the envelope breaks its schema (a field missing or of the wrong type)"),
     ("wrong_collection", "the event belongs to another collection than this pipeline's"),
