@@ -7,6 +7,7 @@ so each gap's proof is in one place.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 import threading
 from collections import deque
@@ -395,3 +396,15 @@ def test_unknown_operation_names_every_operation_the_envelope_has():
     (meaning,) = [text for code, text in MESSAGE_REASONS if code == "unknown_operation"]
     named = set(re.findall(r"[a-z_]+", meaning.split("op is not", 1)[1])) - {"or"}
     assert named == {operation.value for operation in Operation}
+
+
+def test_ids_that_differ_past_28_digits_keep_their_own_doc_id() -> None:
+    """MongoDB keeps 34-digit Decimal128s and neighbouring doubles apart; so must doc_id
+    (a default-precision normalize() rounded both to 28 digits)."""
+    low = Decimal128("0.1234567890123456789012345678901234")
+    high = Decimal128("0.1234567890123456789012345678901235")
+    assert doc_id(low) != doc_id(high)
+    assert doc_id(0.1) != doc_id(math.nextafter(0.1, 1.0))
+    # Equal values still meet, whatever their type.
+    assert doc_id(0.5) == doc_id(Decimal128("0.50")) == doc_id(Decimal128("5E-1"))
+    assert doc_id(2.0) == doc_id(2) == doc_id(Decimal128("2.000"))

@@ -112,7 +112,9 @@ def _number_text(value: Any) -> str:
         return "Infinity" if number > 0 else "-Infinity"
     if number == number.to_integral_value():
         return str(int(number))
-    return format(number.normalize(), "f")
+    # Not normalize(): it rounds to the context's 28 digits, so two doubles (exact values
+    # of up to ~770 digits) or two 34-digit Decimal128s could share one text.
+    return format(number, "f").rstrip("0")
 
 
 def _iso_millis(moment: dt.datetime) -> str:
