@@ -232,3 +232,35 @@ def test_dropping_the_source_collection_stops_capture_and_keeps_the_warehouse(
     result = run_consumer(settings)
     assert not result.abandoned
     assert len(current(settings)) == 30, "the warehouse must keep the dropped collection's rows"
+
+
+def test_a_mirrored_drop_on_nx_deletes_every_row_the_last_changed_one_too(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Opt-in mirror_drop_as_deletes on nx-27017, which sends no drop event: the drop is
+    inferred from the last event read. main versioned it as that event, and the sweep
+    (strictly older rows) kept the last-inserted document alive."""
+    mirrored = settings.model_copy(update={"mirror_drop_as_deletes": True})
+    worker = start_worker("produce", mirrored, tmp_path / "producer.log")
+    try:
+        worker.wait_ready(timeout=90)
+        insert_source(mirrored, *({"_id": f"doc-{n}", **VIEW} for n in range(10)))
+        Pipeline(mirrored, tmp_path / "run").wait_producer_caught_up()
+        time.sleep(6)  # one presence check sees the collection while it exists
+        client: MongoClient[dict[str, Any]] = MongoClient(mirrored.mongo_uri.reveal())
+        try:
+            client[mirrored.mongo_db].drop_collection(mirrored.mongo_collection)
+
+            def stopped() -> bool:
+                scrape = worker.scrape()
+                return scrape.ok and scrape.value("cdcflow_capture_stopped", reason="drop") == 1
+
+            wait_for(stopped, 60, "the producer to report capture stopped")
+        finally:
+            client.close()
+    finally:
+        worker.kill()
+    result = run_consumer(mirrored)
+    assert not result.abandoned
+    assert current(mirrored) == {}, "every row, the last-inserted one too, must be deleted"
+    assert depths(mirrored) == (0, 0)

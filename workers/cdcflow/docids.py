@@ -17,9 +17,11 @@ lowercase hex digits, a lowercase UUID, or a leading ``~``) is written
 ``~s:<string>``, so no two ids share a text. The full table is in
 docs/cleaning.md (rendered from :data:`MAPPING`).
 
-Arrays, regular expressions and undefined are not allowed as ``_id`` by
-MongoDB: they raise :class:`ForbiddenDocumentId` (pymongo decodes BSON
-undefined as None, so it reads as null).
+Arrays and regular expressions are not allowed as ``_id`` by MongoDB: they
+raise :class:`ForbiddenDocumentId`. Undefined is not allowed either, but the
+server itself refuses to store it as ``_id``, and pymongo decodes BSON undefined
+as None, which cannot be told from null afterwards: were one ever met, it would
+read as null (``~null``).
 
 nx-27017 (the local stand-in) hands over its own shapes, normalized here: an
 ObjectId in ``fullDocument`` as ``{"__neosqlite_objectid__": true, "id": ...}``,
@@ -55,7 +57,7 @@ _UUID_SUBTYPE = 4
 
 
 class ForbiddenDocumentId(ValueError):
-    """An ``_id`` MongoDB does not allow (array, regex, undefined) or cannot be keyed."""
+    """An ``_id`` MongoDB does not allow (array, regex) or cannot be keyed."""
 
 
 # (BSON type, example, doc_id) rows for docs/cleaning.md; tests check each row.
@@ -83,7 +85,12 @@ MAPPING: tuple[tuple[str, str, str], ...] = (
     ("timestamp", "Timestamp(1732551152, 1)", "~ts:1732551152:1"),
     ("embedded document (fields in order)", "{b: 2, a: 1}", '~doc:{"b":"~n:2","a":"~n:1"}'),
     ("MinKey / MaxKey", "MinKey()", "~minkey"),
-    ("array, regex, undefined", "[1, 2]", "rejected: forbidden_document_id"),
+    ("array, regex", "[1, 2]", "rejected: forbidden_document_id"),
+    (
+        "undefined (MongoDB refuses it as _id)",
+        "undefined",
+        "never stored; pymongo would read it as null: ~null",
+    ),
 )
 
 
@@ -105,7 +112,9 @@ def _number_text(value: Any) -> str:
         return "Infinity" if number > 0 else "-Infinity"
     if number == number.to_integral_value():
         return str(int(number))
-    return format(number.normalize(), "f")
+    # Not normalize(): it rounds to the context's 28 digits, so two doubles (exact values
+    # of up to ~770 digits) or two 34-digit Decimal128s could share one text.
+    return format(number, "f").rstrip("0")
 
 
 def _iso_millis(moment: dt.datetime) -> str:

@@ -34,6 +34,7 @@ from typing import Annotated, Any, Literal, NamedTuple, TypeVar
 import orjson
 from bson import Decimal128, ObjectId, Timestamp
 from bson.binary import Binary
+from bson.datetime_ms import DatetimeMS
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
 from cdcflow.docids import NX_OID, ForbiddenDocumentId, doc_id, nx_key_text, nx_unwrap
@@ -41,6 +42,7 @@ from cdcflow.versions import (
     MAX_VERSION,
     InvalidEvent,
     event_version,
+    first_event_version,
     is_nx_token,
     snapshot_version,
     sweep_version,
@@ -121,6 +123,8 @@ def to_json_safe(value: Any) -> Any:
         return {"$oid": str(value)}
     if isinstance(value, dt.datetime):
         return {"$date": _iso_millis(value)}
+    if isinstance(value, DatetimeMS):  # a date Python cannot hold (past 9999): epoch ms
+        return {"$date": {"$numberLong": str(int(value))}}
     if isinstance(value, Decimal128):
         return {"$numberDecimal": str(value)}
     if isinstance(value, Timestamp):
@@ -157,7 +161,8 @@ Version = Annotated[
     Field(ge=0, le=MAX_VERSION, strict=False),
     PlainSerializer(str, return_type=str),
 ]
-"""Versions are up to 96 bits: sent as decimal strings so no JSON reader rounds them
+"""Versions are up to 96 bits (at most 38 digits are read, see ``MAX_VERSION``): sent as
+decimal strings so no JSON reader rounds them
 (pydantic parses the string to an int natively, without a Python validator)."""
 
 
@@ -275,8 +280,8 @@ def fast_envelope(parsed: Any) -> ChangeEnvelope | None:
     operation = _OPERATIONS.get(op) if type(op) is str else None
     if operation is None or (doc_id is not None and type(doc_id) is not str):
         return None
-    if type(version) is str and version.isascii() and version.isdigit():
-        number = int(version)
+    if type(version) is str and version.isascii() and version.isdigit() and len(version) < 40:
+        number = int(version)  # short: int() refuses over 4300 digits (the schema decides)
     elif type(version) is int:
         number = version
     else:
@@ -585,12 +590,18 @@ def snapshot_end_envelope(
 def drop_envelope(
     token: Any, *, db: str, coll: str, captured_at: dt.datetime | None = None
 ) -> ChangeEnvelope:
-    """A drop mirrored as deletes (opt-in): every row older than the drop is tombstoned."""
+    """A drop mirrored as deletes (opt-in): every row up to ``token`` is tombstoned.
+
+    Its version is the first an event after ``token`` can have, not the token's own
+    event version: on nx-27017 (no drop event) the token is the last event read,
+    whose row a sweep at that event's own version would keep (it deletes only older
+    rows), and on MongoDB it may be a high-water mark, which has no event version.
+    """
     return ChangeEnvelope(
         v=ENVELOPE_VERSION,
         op=Operation.DROP,
         id=None,
-        version=event_version(token),
+        version=first_event_version(token),
         cluster_time=None,
         ns=Namespace(db=db, coll=coll),
         doc=None,

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pymongo
+from bson.codec_options import DatetimeConversion
 from pymongo import MongoClient
 from pymongo.errors import (
     ConfigurationError,
@@ -57,6 +58,11 @@ def client_options(settings: Settings) -> dict[str, Any]:
         "connectTimeoutMS": timeout_ms,
         "appname": "cdcflow",
         "tz_aware": False,  # events carry naive UTC; cdcflow.events normalizes both
+        # A BSON date outside Python's datetime (past 9999, before year 1) must not make
+        # pymongo raise InvalidBSON inside try_next()/find: that would halt capture on
+        # every restart. AUTO decodes such a date as DatetimeMS (epoch milliseconds),
+        # which cdcflow.events carries on as Extended JSON.
+        "datetime_conversion": DatetimeConversion.DATETIME_AUTO,
     }
     if settings.mongo_tls_ca_file is not None:
         options["tls"] = True

@@ -47,7 +47,10 @@ from typing import Any
 SLOT_BITS = 32
 SLOT_MASK = (1 << SLOT_BITS) - 1
 MAX_EVENT_SLOT = (1 << SLOT_BITS) - 3  # two slots above it stay free (see the module doc)
-MAX_VERSION = (1 << 128) - 1
+# The highest version a row can hold: the consumer's Arrow column is decimal128(38, 0)
+# (the table's UInt128 goes higher). Events use 96 bits at most; anything above this
+# is rejected when the message is parsed, never left to fail a whole batch's rows.
+MAX_VERSION = 10**38 - 1
 KNOWN_TOKEN_VERSIONS = (0, 1, 2)
 HIGH_WATER_MARK = 0  # tokenType of a post-batch / start token
 EVENT_TOKEN = 128  # tokenType of an event's own token

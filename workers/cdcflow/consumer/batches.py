@@ -14,9 +14,10 @@ rejection for the failed queue, or an ignored reason from ``rules.IGNORED_REASON
   ``parse`` with a reason from ``rules.MESSAGE_REASONS``;
 * insert / update / replace / snapshot with a document → cleaned; a document that
   breaks a rejecting rule is rejected at stage ``clean``; the rest become rows;
-* a document whose cleaning or conversion fails in any other way (any exception)
-  → rejected alone at stage ``transform`` (``transform_error``), the rest of the
-  batch loads;
+* a document whose cleaning or conversion fails in any other way (any exception),
+  or a delete whose tombstone row cannot be built → rejected alone at stage
+  ``transform`` (``transform_error``), the rest of the batch loads; an exception
+  while parsing one message likewise rejects only it (``invalid_envelope``);
 * update without a document whose update description says it happened (MongoDB's
   update lookup found it already deleted; its delete event follows) → acknowledged
   without a row, counted as ``update_document_gone``;
@@ -217,6 +218,23 @@ def parse_message(
     return envelope
 
 
+def _parse_contained(
+    body: bytes,
+    content_type: str | None,
+    collection: str,
+    headers: Mapping[str, Any] | None = None,
+    parsed: Any = _UNPARSED,
+) -> ChangeEnvelope | Rejection:
+    """:func:`parse_message`, with whatever it raises made this message's rejection:
+    an exception out of parsing would fail the bundle, and the broker would in the end
+    dead-letter every message of it, the valid ones too."""
+    try:
+        return parse_message(body, content_type, collection, headers, parsed)
+    except Exception as error:
+        detail = f"{type(error).__name__}: {error}"[:300]
+        return Rejection(-1, "invalid_envelope", "parse", detail)
+
+
 def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
@@ -243,6 +261,7 @@ def process_batch(
     documents: list[ChangeEnvelope] = []
     tombstones: list[ChangeEnvelope] = []
     doc_positions: list[tuple[int, int | None, bytes | None]] = []
+    tombstone_positions: list[tuple[int, int | None, bytes | None]] = []
     all_headers = headers if headers is not None else [None] * len(bodies)
     changes = 0
     for index, position, raw, parsed in _changes(bodies, content_types, all_headers, collection):
@@ -255,6 +274,7 @@ def process_batch(
             )
         elif parsed.op is Operation.DELETE:
             tombstones.append(parsed)
+            tombstone_positions.append((index, position, raw))
         elif parsed.op is Operation.SNAPSHOT_END:
             sweeps.append(parsed.version)
             ignored["snapshot_end"] += 1
@@ -269,18 +289,22 @@ def process_batch(
 
     try:
         rows, cleaned = _load(documents, tombstones)
-    except Exception:  # one bad document must not sink the batch: find it alone
-        rows, cleaned, failed = _load_one_by_one(documents, tombstones)
-        for at, error in failed:
-            rejections.append(
-                _document_rejection(
-                    documents[at],
-                    doc_positions[at],
-                    "transform_error",
-                    "transform",
-                    f"{type(error).__name__}: {error}"[:300],
+    except Exception:  # one bad change must not sink the batch: find it alone
+        rows, cleaned, failed, failed_tombstones = _load_one_by_one(documents, tombstones)
+        for group, where, failures in (
+            (documents, doc_positions, failed),
+            (tombstones, tombstone_positions, failed_tombstones),
+        ):
+            for at, error in failures:
+                rejections.append(
+                    _document_rejection(
+                        group[at],
+                        where[at],
+                        "transform_error",
+                        "transform",
+                        f"{type(error).__name__}: {error}"[:300],
+                    )
                 )
-            )
     for at, (reason, detail) in sorted(cleaned.rejected.items()):
         rejections.append(
             _document_rejection(documents[at], doc_positions[at], reason, "clean", detail)
@@ -333,7 +357,12 @@ def _changes(
         zip(bodies, content_types, headers, strict=True)
     ):
         if not is_batch(content_type):
-            yield index, None, None, parse_message(body, content_type, collection, message_headers)
+            yield (
+                index,
+                None,
+                None,
+                _parse_contained(body, content_type, collection, message_headers),
+            )
             continue
         if len(body) > MAX_MESSAGE_BYTES:
             too_large = Rejection(-1, "message_too_large", "parse", f"{len(body)} bytes")
@@ -343,7 +372,7 @@ def _changes(
         unpacked = unpack(body, declared)
         parsed_all = bulk_parse(unpacked.changes)
         for position, part in enumerate(unpacked.changes):
-            parsed = parse_message(
+            parsed = _parse_contained(
                 part,
                 None,
                 collection,
@@ -380,8 +409,9 @@ def _load(
 
 def _load_one_by_one(
     documents: Sequence[ChangeEnvelope], tombstones: Sequence[ChangeEnvelope]
-) -> tuple[pa.Table, CleanBatch, list[tuple[int, Exception]]]:
-    """The slow path after a batch failed: each document alone, failures kept apart.
+) -> tuple[pa.Table, CleanBatch, list[tuple[int, Exception]], list[tuple[int, Exception]]]:
+    """The slow path after a batch failed: each document and each delete alone, the
+    failures of each kept apart (positions in ``documents`` and in ``tombstones``).
 
     Positions in the returned ``CleanBatch`` refer to ``documents``, as the fast
     path's do.
@@ -407,8 +437,21 @@ def _load_one_by_one(
             merged.rejected[position] = cleaned.rejected[0]
         else:
             merged.kept.append(position)
-    tables.append(_rows([], _empty_columns(), tombstones))
-    return pa.concat_tables(tables), merged, failed
+    empty = _empty_columns()
+    failed_tombstones: list[tuple[int, Exception]] = []
+    for position, envelope in enumerate(tombstones):
+        try:
+            tables.append(_rows([], empty, [envelope]))
+        except Exception as error:
+            failed_tombstones.append((position, error))
+            log.warning(
+                "delete rejected: its row could not be built (%s: %s)",
+                type(error).__name__,
+                error,
+                extra={"stage": "consumer.transform", "doc_id": envelope.id or "-"},
+            )
+    tables.append(_rows([], empty, ()))  # the schema, even when nothing loaded
+    return pa.concat_tables(tables), merged, failed, failed_tombstones
 
 
 def _empty_columns() -> dict[str, pa.Array]:

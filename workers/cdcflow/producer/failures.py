@@ -61,7 +61,7 @@ def failed_event_record(
     if isinstance(key, dict) and "_id" in key:
         try:
             doc_id = canonical_id(key["_id"])
-        except InvalidEvent:
+        except Exception:  # a record must be written whatever the key holds
             doc_id = None
     token = raw.get("_id")
     whole = orjson.dumps(_safe(raw), option=orjson.OPT_NON_STR_KEYS | orjson.OPT_NAIVE_UTC)

@@ -68,6 +68,7 @@ from cdcflow.producer.failures import failed_entry
 from cdcflow.producer.offsets import OffsetStore
 from cdcflow.producer.outbox import Entry, checkpoint_entry
 from cdcflow.producer.publishing import Publisher
+from cdcflow.rules import PRODUCER_REASONS
 from cdcflow.versions import InvalidEvent, Token, token_data
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ STOPPED_POLL_S = 5.0  # while capture is stopped: how often the offsets document
 PRESENCE_CHECK_S = 5.0  # while idle: how often the collection is checked to still exist
 PRESENCE_TIMEOUT_S = 1.0
 MIRRORED_DROPS = frozenset({"drop", "dropDatabase"})
+SKIP_REASONS = ("unsupported_operation",)  # every reason _skip is called with
 _STAGE = {"stage": "producer"}
 
 
@@ -105,6 +107,19 @@ class ProducerStats:
         return self.confirmed / self.seconds if self.seconds > 0 else 0.0
 
 
+def invalid_event(error: Exception) -> InvalidEvent:
+    """``error`` as the failed-queue error of one event: its own reason if it has one,
+    else ``invalid_event``. Any exception counts (a ValueError from an ``_id`` whose
+    text is too long, a pydantic error, ...): one event that cannot be encoded must
+    never crash the producer, which would read it again on every restart."""
+    if isinstance(error, InvalidEvent):
+        return error
+    return InvalidEvent(
+        f"the event cannot be encoded: {type(error).__name__}: {error}"[:1000],
+        reason="invalid_event",
+    )
+
+
 class _StreamEnded(Exception):
     """A drop, rename, dropDatabase or invalidate event: the stream is over."""
 
@@ -112,6 +127,19 @@ class _StreamEnded(Exception):
         super().__init__(operation)
         self.operation = operation
         self.event = event
+
+
+def export_reason_series() -> None:
+    """Every skip and failure reason exported at 0 from the start.
+
+    The alert on skipped or failed events uses ``increase()``, which sees nothing
+    when a labelled series is born at 1: without these zeros the first poison
+    event of a reason would never fire it.
+    """
+    for reason, _meaning in PRODUCER_REASONS:
+        metrics.EVENTS_FAILED.labels(reason=reason)
+    for reason in SKIP_REASONS:
+        metrics.EVENTS_SKIPPED.labels(reason=reason)
 
 
 def _server_version(client: Any) -> str | None:
@@ -182,6 +210,7 @@ class Producer:
             split_events=supports_split_events(_server_version(client)),
         )
         self.stats = ProducerStats()
+        export_reason_series()
         self._chunk = max(1, min(500, settings.publish_window // 4))
         self._packer: Packer[tuple[EncodedChange, Token | None]] = Packer(
             settings.pack_max_changes, settings.pack_max_bytes, settings.pack_linger_s
@@ -371,9 +400,9 @@ class Producer:
                         self._look_up(event)
                     try:
                         encoded = encode_change(event)
-                    except InvalidEvent as error:
+                    except Exception as error:  # whatever breaks on one event: record it
                         buffer += self._packed(packer.flush())
-                        buffer.append(self._failed(event, error, checkpoint))
+                        buffer.append(self._failed(event, invalid_event(error), checkpoint))
                     else:
                         closed = packer.add(encoded.body, (encoded, checkpoint), time.monotonic())
                         if closed:
@@ -515,13 +544,13 @@ class Producer:
                 for document in batch:
                     try:
                         envelope = snapshot_envelope(document, start_token=start, db=db, coll=coll)
-                    except InvalidEvent as error:
+                        encoded = encode_envelope(envelope)
+                    except Exception as error:  # whatever breaks on one document: record it
                         key = {"_id": document.get("_id")} if isinstance(document, dict) else None
                         read = {"operationType": "snapshot", "documentKey": key}
                         entries += self._packed(packer.flush())
-                        entries.append(self._failed(read, error, None))
+                        entries.append(self._failed(read, invalid_event(error), None))
                         continue
-                    encoded = encode_envelope(envelope)
                     entries += self._packed(packer.add(encoded.body, (encoded, None), 0.0))
                 entries += self._packed(packer.flush())
                 for at in range(0, len(entries), self._chunk):
