@@ -285,7 +285,7 @@ def test_a_change_dead_lettered_out_of_a_batch_is_a_one_change_message() -> None
     batch = process_batch([body], [BATCH_CONTENT_TYPE], collection=COLLECTION, headers=[headers])
     settings = Settings(mongo_collection=COLLECTION)
     (rejection,) = batch.rejections
-    record = dead_letter(_delivery(body, headers), rejection, settings)
+    record = dead_letter(_delivery(body, headers), rejection, settings.failed_queue_name)
     assert record.routing_key == settings.failed_queue_name
     assert record.body == bodies[1]
     assert record.properties.content_type == CONTENT_TYPE

@@ -392,6 +392,23 @@ class ToolSettings(Section):
         return url
 
 
+class QueueSettings(ConnectionSettings, BrokerSettings):
+    """The broker and connection sections with the derived queue names: all a client of
+    the pipeline's queues needs. What the consumer's DoFns hold instead of
+    :class:`Settings`, so Beam pickles no source URI, warehouse URL or tool option."""
+
+    queue_name: str = Field(description="The main queue (see naming.queue_name).")
+    failed_queue_name: str = Field(description="The failed queue of the main queue.")
+    routing_key: str = Field(description="The key binding the main queue to the exchange.")
+
+
+class TableSettings(ConnectionSettings, WarehouseSettings):
+    """The warehouse and connection sections with the derived table name: all a client
+    of the pipeline's table needs (the consumer's write DoFn holds this, nothing more)."""
+
+    table_name: str = Field(description="The warehouse table (see naming.table_name).")
+
+
 SECTIONS: dict[str, type[Section]] = {
     "source": SourceSettings,
     "connection": ConnectionSettings,

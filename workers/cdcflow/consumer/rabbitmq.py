@@ -33,7 +33,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 
 from cdcflow import broker, metrics
-from cdcflow.config import Settings
+from cdcflow.config import QueueSettings
 from cdcflow.errors import CdcflowError
 from cdcflow.packing import declared_changes, is_batch
 
@@ -99,10 +99,15 @@ class OutgoingMessage:
 
 
 class RabbitConsumer:
-    """Consumes ``settings.queue_name`` with prefetch; acks and publishes on request."""
+    """Consumes ``queues.queue_name`` with prefetch; acks and publishes on request.
 
-    def __init__(self, settings: Settings, *, name: str = "consumer") -> None:
-        self.settings = settings
+    Holds only the broker's sections and queue names (:class:`QueueSettings`), not
+    the whole settings: the read DoFn that opens it is pickled by Beam.
+    """
+
+    def __init__(self, queues: QueueSettings, *, prefetch: int, name: str = "consumer") -> None:
+        self.queues = queues
+        self.prefetch = prefetch
         self.name = name
         self._deliveries: queue.Queue[Delivery] = queue.Queue()  # bounded by the prefetch
         self._stop = threading.Event()
@@ -259,9 +264,9 @@ class RabbitConsumer:
         connection.add_callback_threadsafe(callback)
 
     def _open(self) -> None:
-        connection = broker.connect(self.settings)
+        connection = broker.connect(self.queues)
         channel = connection.channel()
-        channel.basic_qos(prefetch_count=self.settings.effective_prefetch)
+        channel.basic_qos(prefetch_count=self.prefetch)
         publish_channel = connection.channel()
         publish_channel.confirm_delivery()
         self._epoch += 1
@@ -289,8 +294,8 @@ class RabbitConsumer:
 
         # Declaring is idempotent: a queue deleted while we were away (or never
         # created, if the consumer starts first) comes back instead of failing us.
-        broker.declare_topology(channel, self.settings)
-        channel.basic_consume(self.settings.queue_name, on_message)
+        broker.declare_topology(channel, self.queues)
+        channel.basic_consume(self.queues.queue_name, on_message)
         self._connection, self._channel, self._publish_channel = (
             connection,
             channel,
@@ -330,7 +335,7 @@ class RabbitConsumer:
                     metrics.RECONNECTS.labels(service="rabbitmq").inc()
                     log.info(
                         "reconnected to RabbitMQ",
-                        extra={"stage": "consumer", "where": self.settings.amqp_url.where},
+                        extra={"stage": "consumer", "where": self.queues.amqp_url.where},
                     )
                     backoff = 0.5
                 assert self._connection is not None
@@ -343,7 +348,7 @@ class RabbitConsumer:
                     "will be redelivered",
                     type(error).__name__,
                     backoff,
-                    extra={"stage": "consumer", "where": self.settings.amqp_url.where},
+                    extra={"stage": "consumer", "where": self.queues.amqp_url.where},
                 )
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF_S)
