@@ -56,7 +56,7 @@ from cdcflow.events import (
 )
 from cdcflow.health import Health
 from cdcflow.mongo import open_mongo_client, wait_for_mongo
-from cdcflow.packing import Packer
+from cdcflow.packing import Packer, chunks
 from cdcflow.producer.amqp import batch_entry, message_entry
 from cdcflow.producer.changestream import (
     ChangeReader,
@@ -524,8 +524,8 @@ class Producer:
                     encoded = encode_envelope(envelope)
                     entries += self._packed(packer.add(encoded.body, (encoded, None), 0.0))
                 entries += self._packed(packer.flush())
-                for at in range(0, len(entries), self._chunk):
-                    if not publisher.submit(entries[at : at + self._chunk], stop):
+                for chunk in chunks(entries, self._chunk):
+                    if not publisher.submit(chunk, stop):
                         return False
                 documents += len(batch)
                 self._captured["snapshot"] += len(batch)
