@@ -28,7 +28,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cdcflow import naming
 from cdcflow.errors import ConfigError
-from cdcflow.naming import METRICS_PORT
+from cdcflow.naming import LOCAL_CONSUMER_METRICS_PORT, METRICS_PATH, METRICS_PORT
 from cdcflow.urls import ServiceUrl, Url
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -376,11 +376,11 @@ class ToolSettings(Section):
 
     data_dir: Path = Field(Path(".cdcflow"), description="Local state of the demo (git-ignored).")
     producer_metrics_url: Url = Field(
-        default=f"http://127.0.0.1:{METRICS_PORT}/metrics",  # type: ignore[assignment]
+        default=f"http://127.0.0.1:{METRICS_PORT}{METRICS_PATH}",  # type: ignore[assignment]
         description="Where `cdcflow status` reads the producer.",
     )
     consumer_metrics_url: Url = Field(
-        default=f"http://127.0.0.1:{METRICS_PORT + 1}/metrics",  # type: ignore[assignment]
+        default=f"http://127.0.0.1:{LOCAL_CONSUMER_METRICS_PORT}{METRICS_PATH}",  # type: ignore[assignment]
         description="Where `cdcflow status` reads the consumer.",
     )
 

@@ -23,7 +23,7 @@ from typing import Any
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.pipeline import Pipeline
 
-from cdcflow import broker, metrics
+from cdcflow import broker, metrics, naming
 from cdcflow.config import QueueSettings, Runner, Settings, TableSettings
 from cdcflow.consumer import runtime
 from cdcflow.consumer.sink import PublishDeadLetters, TransformBatch, WriteToClickHouse
@@ -186,7 +186,7 @@ def run_consumer(settings: Settings, *, health: Health | None = None) -> Consume
     (:data:`runtime.STOP`): a batch abandoned by a stop was not acked and will be
     delivered again.
     """
-    health = health or Health("consumer")
+    health = health or Health(naming.CONSUMER)
     with Warehouse(settings) as warehouse:  # fails fast, with a hint, if unreachable
         warehouse.init_schema()
     health.set_ready("clickhouse", True)

@@ -41,7 +41,7 @@ import pymongo
 from pymongo import MongoClient
 from pymongo.errors import ConnectionFailure, PyMongoError
 
-from cdcflow import broker, metrics
+from cdcflow import broker, metrics, naming
 from cdcflow.config import Settings
 from cdcflow.errors import HistoryLost
 from cdcflow.events import (
@@ -135,7 +135,7 @@ def run_producer(
     :class:`~cdcflow.errors.ConfigError` if the broker refuses the topology.
     """
     stop = stop or threading.Event()
-    health = health or Health("producer")
+    health = health or Health(naming.PRODUCER)
     started = time.monotonic()
     client = open_mongo_client(settings)
     try:
