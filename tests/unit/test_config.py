@@ -208,10 +208,13 @@ def test_container_env_never_holds_a_secret_value() -> None:
     assert by_name["CDCFLOW_MONGO_URI"]["valueFrom"]["secretKeyRef"]["name"] == "atlas"
     assert by_name["CDCFLOW_EXCHANGE"] == {"name": "CDCFLOW_EXCHANGE", "value": "pipeline_x"}
     assert "CDCFLOW_PREFETCH" not in by_name, "only the sections passed are rendered"
-    # A secret field without a reference is left out, never rendered inline.
-    partial = container_env([settings.broker], {})
-    assert all(item["name"] != "CDCFLOW_AMQP_URL" for item in partial)
-    assert secret not in repr(partial)
+    # A secret field at its default without a reference is left out ...
+    local = container_env([Settings(_env_file=None).broker], {})
+    assert all(item["name"] != "CDCFLOW_AMQP_URL" for item in local)
+    # ... one set to anything else is refused, never rendered inline nor dropped.
+    with pytest.raises(ConfigError, match="no Secret reference names it") as refused:
+        container_env([settings.broker], {})
+    assert "CDCFLOW_AMQP_URL" in str(refused.value) and secret not in str(refused.value)
 
 
 SECRET = "S3aled-pw-0042"

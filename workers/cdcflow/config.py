@@ -580,7 +580,9 @@ def container_env(
     Fields that may carry a password (:data:`SECRET_FIELDS`) are rendered only as
     ``valueFrom.secretKeyRef`` from ``secrets``, never inline, so a manifest, an
     event or a log line of the operator cannot hold one. A secret field left at
-    its default (no password: the local stack's) is omitted unless referenced.
+    its default (no password: the local stack's) is omitted unless referenced; one
+    set to anything else with no reference raises :class:`ConfigError`, since
+    leaving it out would start the worker against the default service instead.
     Fields at their default are omitted too: the worker's own default applies.
     """
     env: list[dict[str, Any]] = []
@@ -595,6 +597,12 @@ def container_env(
                             "name": variable,
                             "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
                         }
+                    )
+                elif _env_text(getattr(section, name)) != str(field.default):
+                    raise ConfigError(
+                        f"{type(section).__name__}.{name} is set but no Secret reference names "
+                        f"it: {variable} is never rendered inline; pass a SecretKeyRef for "
+                        f"{name!r} (or leave it at its default)"
                     )
                 continue
             value = getattr(section, name)
