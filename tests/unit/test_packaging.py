@@ -149,3 +149,29 @@ def test_metric_names_are_written_only_in_the_metrics_module() -> None:
             for line, name in _raw_metric_names(path.read_text(), exposed):
                 offenders.append(f"{path.relative_to(ROOT)}:{line} {name}")
     assert not offenders, "raw metric names: " + ", ".join(offenders)
+
+
+OPERATOR_MAY_IMPORT = frozenset(
+    {"cdcflow.config", "cdcflow.metrics", "cdcflow.naming", "cdcflow.urls"}
+)
+"""The shared contract modules: settings sections (and the URL type their fields use),
+the naming contract, metric names. Anything else of the data plane stays out of the
+operator; adding a module here is a reviewed decision."""
+
+
+def test_the_operator_imports_only_the_contract_modules_of_cdcflow() -> None:
+    """An allowlist (the import-linter contract is a blocklist, which a new data-plane
+    module would slip past)."""
+    import grimp
+
+    graph = grimp.build_graph("cdcflow_operator", "cdcflow", cache_dir=None)
+    imported: dict[str, set[str]] = {}
+    for module in graph.find_descendants("cdcflow_operator") | {"cdcflow_operator"}:
+        for target in graph.find_modules_directly_imported_by(module):
+            if target == "cdcflow" or target.startswith("cdcflow."):
+                imported.setdefault(target, set()).add(module)
+    assert imported, "the operator reads the settings sections: the graph must show it"
+    extra = {
+        target: sorted(by) for target, by in imported.items() if target not in OPERATOR_MAY_IMPORT
+    }
+    assert not extra, f"the operator imports data-plane modules outside the contract: {extra}"
