@@ -21,8 +21,8 @@ export UV_LINK_MODE := copy
 
 help:
 	@echo "make demo   - local end-to-end demo (EVENTS=$(EVENTS) RATE=$(RATE) BAD=$(BAD))"
-	@echo "make test   - lint (ruff, mypy) and the whole test suite"
-	@echo "make lint   - ruff and mypy only"
+	@echo "make test   - lint (ruff, format, mypy, lint-imports) and the whole test suite"
+	@echo "make lint   - ruff check, ruff format --check, mypy and lint-imports only"
 	@echo "make chaos  - the chaos suite alone"
 	@echo "make bench  - benchmarks (QUICK=1 for a short run)"
 	@echo "make generate - rewrite the generated files (dashboards, alert rules, tables)"

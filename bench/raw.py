@@ -25,6 +25,7 @@ from bench.stack import BenchError, Scratch
 from cdcflow.consumer.batches import ProcessedBatch, process_batch
 from cdcflow.events import CONTENT_TYPE, EncodedChange, encode_change
 from cdcflow.mongo import open_mongo_client
+from cdcflow.packing import chunks
 from cdcflow.simulator import Simulator
 from cdcflow.warehouse import ddl
 from cdcflow.warehouse.client import Warehouse
@@ -92,11 +93,6 @@ def publish_and_consume(scratch: Scratch, result: RawResult) -> None:
     result.figures["raw_consume_msgs_per_s"] = raw_amqp.consume(settings, len(result.changes))
 
 
-def _batches(changes: list[EncodedChange], size: int) -> list[list[bytes]]:
-    bodies = [change.body for change in changes]
-    return [bodies[at : at + size] for at in range(0, len(bodies), size)]
-
-
 def _with_loaded_at(table: pa.Table) -> pa.Table:
     now = pa.array([time.time() * 1_000_000] * table.num_rows, pa.int64())
     return table.append_column("loaded_at", now.cast(pa.timestamp("us", tz="UTC")))
@@ -106,7 +102,7 @@ def transform_and_load(scratch: Scratch, collection: str, result: RawResult) -> 
     """The consumer's transform alone, then chdb inserts of its output."""
     processed: list[ProcessedBatch] = []
     started = time.perf_counter()
-    for bodies in _batches(result.changes, CONSUMER_BATCH):
+    for bodies in chunks((change.body for change in result.changes), CONSUMER_BATCH):
         processed.append(process_batch(bodies, [CONTENT_TYPE] * len(bodies), collection=collection))
     seconds = time.perf_counter() - started
     tables = [_with_loaded_at(batch.rows) for batch in processed if batch.rows.num_rows]

@@ -208,10 +208,13 @@ def test_container_env_never_holds_a_secret_value() -> None:
     assert by_name["CDCFLOW_MONGO_URI"]["valueFrom"]["secretKeyRef"]["name"] == "atlas"
     assert by_name["CDCFLOW_EXCHANGE"] == {"name": "CDCFLOW_EXCHANGE", "value": "pipeline_x"}
     assert "CDCFLOW_PREFETCH" not in by_name, "only the sections passed are rendered"
-    # A secret field without a reference is left out, never rendered inline.
-    partial = container_env([settings.broker], {})
-    assert all(item["name"] != "CDCFLOW_AMQP_URL" for item in partial)
-    assert secret not in repr(partial)
+    # A secret field at its default without a reference is left out ...
+    local = container_env([Settings(_env_file=None).broker], {})
+    assert all(item["name"] != "CDCFLOW_AMQP_URL" for item in local)
+    # ... one set to anything else is refused, never rendered inline nor dropped.
+    with pytest.raises(ConfigError, match="no Secret reference names it") as refused:
+        container_env([settings.broker], {})
+    assert "CDCFLOW_AMQP_URL" in str(refused.value) and secret not in str(refused.value)
 
 
 SECRET = "S3aled-pw-0042"
@@ -295,3 +298,38 @@ def test_nothing_beam_pickles_for_the_consumer_holds_a_secret() -> None:
     assert any(b"loader" in payload for payload in payloads), "a DoFn holds the warehouse URL"
     for payload in payloads:
         assert SECRET.encode() not in payload
+
+
+def test_what_the_consumer_pickles_holds_only_the_sections_it_uses() -> None:
+    """DoFns hold the broker, warehouse and consumer sections and derived names: no
+    source section (MongoDB URI, database), producer, simulator or tool options."""
+    from cdcflow.config import (
+        ObservabilitySettings,
+        ProducerSettings,
+        SimulatorSettings,
+        SourceSettings,
+        ToolSettings,
+    )
+    from cdcflow.consumer.pipeline import build_pipeline
+
+    def key(name: str) -> bytes:  # a short string as pickle writes it: no substring hits
+        return bytes([0x8C, len(name)]) + name.encode()
+
+    settings = _secret_settings().with_overrides(
+        mongo_uri="mongodb://source-host-xyz:27017/?directConnection=true"
+    )
+    payloads = _pickled_payloads(build_pipeline(settings).to_runner_api())
+    unrelated = [
+        *SourceSettings.model_fields,
+        *ProducerSettings.model_fields,
+        *SimulatorSettings.model_fields,
+        *ObservabilitySettings.model_fields,
+        *ToolSettings.model_fields,
+    ]
+    # The consumer's own fields are there (so the check below looks at the right bytes).
+    assert any(key("batch_max_messages") in payload for payload in payloads)
+    assert any(key("failed_queue_name") in payload for payload in payloads)
+    for payload in payloads:
+        assert b"source-host-xyz" not in payload
+        held = [name for name in unrelated if key(name) in payload]
+        assert not held, f"a pickled DoFn holds unrelated settings: {held}"

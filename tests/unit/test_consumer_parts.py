@@ -57,3 +57,39 @@ def test_ack_ledger_ignores_tags_already_acked() -> None:
     ledger.plan([1, 2])
     assert ledger.plan([2]) == []
     assert ledger.plan([1, 2, 3]) == [(3, True)]
+
+
+def test_retry_until_done_backs_off_logs_each_retry_and_returns() -> None:
+    from cdcflow.consumer import runtime
+
+    failures: list[Exception] = []
+    pauses: list[float] = []
+    outcomes = iter([OSError("down"), OSError("still down"), None])
+
+    def action() -> str:
+        outcome = next(outcomes)
+        if outcome is not None:
+            raise outcome
+        return "done"
+
+    def sleep(seconds: float) -> bool:
+        pauses.append(seconds)
+        return False
+
+    result = runtime.retry_until_done(
+        action, what="insert", on_failure=failures.append, initial_s=0.5, max_s=15.0, sleep=sleep
+    )
+    assert result == "done"
+    assert [str(error) for error in failures] == ["down", "still down"]
+    assert len(pauses) == 2 and 0.5 <= pauses[0] <= 0.75 and 1.0 <= pauses[1] <= 1.25
+
+
+def test_retry_until_done_gives_up_when_asked_to_stop() -> None:
+    from cdcflow.consumer import runtime
+
+    def action() -> None:
+        raise OSError("down")
+
+    with pytest.raises(runtime.Abandoned) as raised:
+        runtime.retry_until_done(action, what="insert", sleep=lambda seconds: True)
+    assert isinstance(raised.value.__cause__, OSError)

@@ -136,15 +136,18 @@ def test_overview_shows_the_whole_pipeline() -> None:
     exprs = "\n".join(_exprs(overview))
     for stage in ("events_captured", "events_published", "messages_consumed", "rows_loaded"):
         assert f"rate(cdcflow_{stage}_total{SCOPE}}}[$__rate_interval])" in exprs
-    assert "sum by (reason) (rate(cdcflow_messages_dead_lettered_total" in exprs
+    assert (
+        "sum by (reason, namespace, pipeline) (rate(cdcflow_messages_dead_lettered_total" in exprs
+    )
     assert "cdcflow_capture_lag_seconds" in exprs
     for q in ("0.5", "0.99"):
         assert (
-            f"histogram_quantile({q}, sum by (le) (rate(cdcflow_freshness_seconds_bucket" in exprs
+            f"histogram_quantile({q}, sum by (le, namespace, pipeline) "
+            "(rate(cdcflow_freshness_seconds_bucket" in exprs
         )
     assert f'cdcflow_queue_depth_messages{SCOPE}, queue="main"}}' in exprs
     assert f'cdcflow_queue_depth_messages{SCOPE}, queue="failed"}}' in exprs
-    assert "sum by (job, service) (rate(cdcflow_reconnects_total" in exprs
+    assert "sum by (job, service, namespace, pipeline) (rate(cdcflow_reconnects_total" in exprs
 
 
 def test_panel_thresholds_follow_the_alert_thresholds() -> None:
@@ -176,3 +179,46 @@ def test_every_cdcflow_series_is_scoped_to_the_chosen_namespace_and_pipeline() -
             for match in re.finditer(r"cdcflow_[a-z0-9_]+", expr):
                 rest = expr[match.end() :]
                 assert rest.startswith(SCOPE), f"{name}: {match.group()} unscoped in {expr}"
+
+
+AGGREGATION = re.compile(
+    r"\b(sum|min|max|avg|count|group|stddev|stdvar|topk|bottomk|quantile)\s*"
+    r"(?:(by|without)\s*\(([^)]*)\))?\s*\("
+)
+
+
+def _merged(expr: str) -> list[str]:
+    """The aggregations in ``expr`` that would add pipelines up (no ``by (namespace,
+    pipeline)``)."""
+    merged = []
+    for match in AGGREGATION.finditer(expr):
+        how, labels = match.group(2), {label.strip() for label in (match.group(3) or "").split(",")}
+        if how != "by" or not {"namespace", "pipeline"} <= labels:
+            merged.append(match.group(0))
+    return merged
+
+
+def test_the_aggregation_check_catches_a_merging_query() -> None:
+    assert _merged("sum(rate(cdcflow_x_total[5m]))") == ["sum("]
+    assert _merged("max by (queue) (cdcflow_y)") == ["max by (queue) ("]
+    assert _merged("sum without (pipeline) (cdcflow_y)")
+    assert not _merged("sum by (reason, namespace, pipeline) (rate(cdcflow_x_total[5m]))")
+
+
+def test_every_aggregated_panel_keeps_pipelines_apart_and_names_them() -> None:
+    """Choosing "All" shows one line per pipeline, with a legend saying which, never their
+    sum. Heatmaps alone bucket by ``le`` (Grafana reads each series as one bucket row)."""
+    for name, board in _committed().items():
+        for panel in _panels(board):
+            for target in panel["targets"]:
+                expr = target["expr"]
+                if panel["type"] == "heatmap":
+                    assert target["legendFormat"] == "{{le}}", f"{name}: {panel['title']}"
+                    continue
+                merged = _merged(expr)
+                assert not merged, f"{name}: {panel['title']}: {merged} merges pipelines in {expr}"
+                if AGGREGATION.search(expr):
+                    legend = target.get("legendFormat", "")
+                    assert "{{namespace}}" in legend and "{{pipeline}}" in legend, (
+                        f"{name}: {panel['title']}: legend {legend!r} does not name the pipeline"
+                    )

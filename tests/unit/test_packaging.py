@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import re
 import subprocess
 import sys
 import textwrap
@@ -13,6 +15,7 @@ from cdcflow import metrics
 from cdcflow.health import Health, serve
 
 ROOT = Path(__file__).resolve().parents[2]
+METRIC_WORD = re.compile(r"\bcdcflow_[a-z0-9_]+")
 HEAVY = {"apache-beam", "chdb", "nx-27017", "matplotlib", "numpy", "pyarrow", "clickhouse-connect"}
 HEAVY_MODULES = sorted(
     {"apache_beam", "chdb", "nx_27017", "matplotlib", "numpy", "pyarrow", "clickhouse_connect"}
@@ -93,17 +96,82 @@ def test_a_worker_records_its_version_and_role_at_start() -> None:
     assert sample.labels["python"].startswith("3.11")
 
 
-def test_metric_names_are_written_only_in_the_metrics_module() -> None:
-    """Status, demo, bench and the consumer name metrics through metrics.sample_name."""
-    import ast
+def _docstrings(tree: ast.AST) -> set[int]:
+    """The string statements of a module (docstrings, attribute docs): prose, not names."""
+    return {
+        id(statement.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        for statement in node.body
+        if isinstance(statement, ast.Expr)
+        and isinstance(statement.value, ast.Constant)
+        and isinstance(statement.value.value, str)
+    }
 
+
+def _raw_metric_names(source: str, exposed: set[str]) -> list[tuple[int, str]]:
+    """Exposed metric names inside string literals (f-string parts too), docs aside."""
+    tree = ast.parse(source)
+    prose = _docstrings(tree)
+    return [
+        (node.lineno, name)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in prose
+        for name in METRIC_WORD.findall(node.value)
+        if name in exposed
+    ]
+
+
+def test_the_raw_metric_name_check_finds_names_inside_longer_strings() -> None:
+    exposed = {"cdcflow_rows_fixed_total"}
+    source = (
+        '"""Docs may say cdcflow_rows_fixed_total."""\n'
+        'x = "counted in `cdcflow_rows_fixed_total{rule}`"\n'
+        'y = f"{x} and cdcflow_rows_fixed_total"\n'
+        'z = "cdcflow_rows_fixed_totals_other"\n'
+    )
+    assert _raw_metric_names(source, exposed) == [
+        (2, "cdcflow_rows_fixed_total"),
+        (3, "cdcflow_rows_fixed_total"),
+    ]
+
+
+def test_metric_names_are_written_only_in_the_metrics_module() -> None:
+    """Status, demo, bench, generated docs and the consumer name metrics through
+    metrics.sample_name: no string literal outside metrics.py holds one, even inside
+    longer text (docstrings and comments aside)."""
     exposed = metrics.exposed_names() | {info.name for info in metrics.catalog()}
     offenders = []
     for root in (ROOT / "workers" / "cdcflow", ROOT / "bench", ROOT / "operator"):
         for path in root.rglob("*.py"):
             if path.name == "metrics.py" and path.parent.name == "cdcflow":
                 continue
-            for node in ast.walk(ast.parse(path.read_text())):
-                if isinstance(node, ast.Constant) and node.value in exposed:
-                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value}")
+            for line, name in _raw_metric_names(path.read_text(), exposed):
+                offenders.append(f"{path.relative_to(ROOT)}:{line} {name}")
     assert not offenders, "raw metric names: " + ", ".join(offenders)
+
+
+OPERATOR_MAY_IMPORT = frozenset(
+    {"cdcflow.config", "cdcflow.metrics", "cdcflow.naming", "cdcflow.urls"}
+)
+"""The shared contract modules: settings sections (and the URL type their fields use),
+the naming contract, metric names. Anything else of the data plane stays out of the
+operator; adding a module here is a reviewed decision."""
+
+
+def test_the_operator_imports_only_the_contract_modules_of_cdcflow() -> None:
+    """An allowlist (the import-linter contract is a blocklist, which a new data-plane
+    module would slip past)."""
+    import grimp
+
+    graph = grimp.build_graph("cdcflow_operator", "cdcflow", cache_dir=None)
+    imported: dict[str, set[str]] = {}
+    for module in graph.find_descendants("cdcflow_operator") | {"cdcflow_operator"}:
+        for target in graph.find_modules_directly_imported_by(module):
+            if target == "cdcflow" or target.startswith("cdcflow."):
+                imported.setdefault(target, set()).add(module)
+    assert imported, "the operator reads the settings sections: the graph must show it"
+    extra = {
+        target: sorted(by) for target, by in imported.items() if target not in OPERATOR_MAY_IMPORT
+    }
+    assert not extra, f"the operator imports data-plane modules outside the contract: {extra}"

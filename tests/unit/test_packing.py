@@ -4,6 +4,7 @@ and the consumer's per-change outcomes inside one message (no broker needed)."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -285,7 +286,7 @@ def test_a_change_dead_lettered_out_of_a_batch_is_a_one_change_message() -> None
     batch = process_batch([body], [BATCH_CONTENT_TYPE], collection=COLLECTION, headers=[headers])
     settings = Settings(mongo_collection=COLLECTION)
     (rejection,) = batch.rejections
-    record = dead_letter(_delivery(body, headers), rejection, settings)
+    record = dead_letter(_delivery(body, headers), rejection, settings.failed_queue_name)
     assert record.routing_key == settings.failed_queue_name
     assert record.body == bodies[1]
     assert record.properties.content_type == CONTENT_TYPE
@@ -335,3 +336,22 @@ def test_the_fast_path_takes_what_the_producer_writes() -> None:
     body = change(1)
     fast = fast_envelope(orjson.loads(body))
     assert fast is not None and fast == decode_envelope(body)
+
+
+def test_chunks_slices_lazily_with_a_short_last_chunk() -> None:
+    from cdcflow.packing import chunks
+
+    assert list(chunks(range(7), 3)) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert list(chunks([], 3)) == []
+    assert list(chunks("ab", 5)) == [["a", "b"]]
+    read: list[int] = []
+
+    def cursor() -> Iterator[int]:
+        for number in range(10):
+            read.append(number)
+            yield number
+
+    first = next(chunks(cursor(), 4))
+    assert first == [0, 1, 2, 3] and read == [0, 1, 2, 3], "a cursor is read as it goes"
+    with pytest.raises(ValueError):
+        list(chunks([1], 0))

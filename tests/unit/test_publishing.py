@@ -258,3 +258,16 @@ def test_message_ids_over_255_bytes_become_a_stable_digest():
     assert amqp_message_id("nx:5") == "nx:5"
     header = content_header(3, message_id=short, op="insert", version=1, timestamp=1)
     assert short.encode() in header
+
+
+def test_backoff_doubles_per_failed_attempt_and_starts_again_after_a_reset():
+    from cdcflow.producer.publishing import Backoff
+
+    backoff = Backoff()
+    assert backoff.attempt == 0
+    delays = [backoff.next() for _ in range(8)]
+    assert backoff.attempt == 8
+    assert 0.25 <= delays[0] <= 0.35 and 0.5 <= delays[1] <= 0.6 and 1.0 <= delays[2] <= 1.1
+    assert delays[-1] == 10.0  # capped
+    backoff.reset()
+    assert backoff.attempt == 0 and backoff.next() <= 0.35

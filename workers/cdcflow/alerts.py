@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from cdcflow import metrics
+from cdcflow import metrics, naming
 from cdcflow.naming import PIPELINE_METRIC_LABEL as PIPELINE_LABEL
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -168,14 +168,14 @@ def rule_groups(t: Thresholds = DEFAULT_THRESHOLDS) -> list[dict[str, Any]]:
         _down(
             "CdcflowConsumerDown",
             t.consumer_job,
-            "consumer",
+            naming.CONSUMER,
             "nothing drains the queue and nothing is loaded into the warehouse.",
             t,
         ),
         _down(
             "CdcflowProducerDown",
             t.producer_job,
-            "producer",
+            naming.PRODUCER,
             "no change is captured, and the saved resume token ages towards the oplog window.",
             t,
         ),
@@ -187,7 +187,7 @@ def rule_groups(t: Thresholds = DEFAULT_THRESHOLDS) -> list[dict[str, Any]]:
             f" > {_num(t.capture_lag_seconds)}",
             t.capture_lag_for,
             "warning",
-            "producer",
+            naming.PRODUCER,
             "cdcflow capture is behind the source",
             "The last captured change is {{ $value | humanizeDuration }} behind MongoDB's "
             f"cluster time (threshold {_num(t.capture_lag_seconds)}s).",
@@ -198,7 +198,7 @@ def rule_groups(t: Thresholds = DEFAULT_THRESHOLDS) -> list[dict[str, Any]]:
             f"{token_age} > {_num(warn_s)}",
             t.resume_token_for,
             "warning",
-            "producer",
+            naming.PRODUCER,
             "cdcflow resume token is getting old",
             token_text,
             t,
@@ -208,7 +208,7 @@ def rule_groups(t: Thresholds = DEFAULT_THRESHOLDS) -> list[dict[str, Any]]:
             f"{token_age} > {_num(crit_s)}",
             t.resume_token_for,
             "critical",
-            "producer",
+            naming.PRODUCER,
             "cdcflow resume token is about to fall off the oplog",
             token_text,
             t,
@@ -223,7 +223,7 @@ def rule_groups(t: Thresholds = DEFAULT_THRESHOLDS) -> list[dict[str, Any]]:
             f"\n+ sum by ({by}) (increase({skipped}[{t.skipped_window}])) > 0",
             t.skipped_for,
             "warning",
-            "producer",
+            naming.PRODUCER,
             "cdcflow producer skipped or failed change events",
             "{{ $value | humanize }} change events in the last "
             f"{t.skipped_window} were not published as changes: skipped (no document "
@@ -236,7 +236,7 @@ def rule_groups(t: Thresholds = DEFAULT_THRESHOLDS) -> list[dict[str, Any]]:
             f"max by ({by}, reason) ({metric(metrics.CAPTURE_STOPPED)}) > 0",
             t.capture_stopped_for,
             "critical",
-            "producer",
+            naming.PRODUCER,
             "cdcflow stopped capturing the collection",
             "The source collection saw a {{ $labels.reason }}: capture is stopped and the "
             "warehouse keeps its rows as they were. Nothing new is captured until the "
@@ -251,7 +251,7 @@ def rule_groups(t: Thresholds = DEFAULT_THRESHOLDS) -> list[dict[str, Any]]:
             f"max by ({by}, queue) (deriv({main}[{t.queue_growth_window}])) > 0",
             t.queue_growth_for,
             "warning",
-            "consumer",
+            naming.CONSUMER,
             "cdcflow main queue keeps growing",
             "The main queue holds {{ $value | humanize }} messages and has grown for "
             f"{t.queue_growth_for}: consumers do not keep up with the producer.",
@@ -262,7 +262,7 @@ def rule_groups(t: Thresholds = DEFAULT_THRESHOLDS) -> list[dict[str, Any]]:
             f'max by ({by}) ({depth}{{queue="failed"}}) > {t.failed_queue_floor}',
             t.failed_queue_for,
             "warning",
-            "consumer",
+            naming.CONSUMER,
             "cdcflow dead-lettered messages are waiting",
             "{{ $value | humanize }} messages sit in the failed queue. They are not lost, "
             "but their changes are missing from the warehouse until fixed and replayed.",
@@ -275,7 +275,7 @@ def rule_groups(t: Thresholds = DEFAULT_THRESHOLDS) -> list[dict[str, Any]]:
             f"sum by ({by}) (rate({captured}[{t.stalled_window}])) > 0",
             t.stalled_for,
             "critical",
-            "consumer",
+            naming.CONSUMER,
             "cdcflow captures changes but loads nothing",
             "No row was loaded into the warehouse for more than "
             f"{_duration(_seconds(t.stalled_window) + _seconds(t.stalled_for))} "

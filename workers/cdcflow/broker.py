@@ -23,9 +23,13 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
-from cdcflow.config import Settings
+from cdcflow.config import QueueSettings, Settings
 from cdcflow.errors import ConfigError, ServiceUnavailable
 from cdcflow.urls import scrub
+
+Broker = Settings | QueueSettings
+"""What the functions here read: the whole settings in a CLI command or a test, only
+the broker's sections and queue names in anything Beam pickles."""
 
 SERVICE = "RabbitMQ"
 HINT = (
@@ -34,7 +38,7 @@ HINT = (
 )
 
 
-def connection_parameters(settings: Settings, *, heartbeat: int = 30) -> pika.URLParameters:
+def connection_parameters(settings: Broker, *, heartbeat: int = 30) -> pika.URLParameters:
     """pika parameters from ``CDCFLOW_AMQP_URL`` plus the TLS files, if any."""
     url = settings.amqp_url
     params = pika.URLParameters(url.reveal())
@@ -56,7 +60,7 @@ def connection_parameters(settings: Settings, *, heartbeat: int = 30) -> pika.UR
     return params
 
 
-def connect(settings: Settings, *, heartbeat: int = 30) -> pika.BlockingConnection:
+def connect(settings: Broker, *, heartbeat: int = 30) -> pika.BlockingConnection:
     """A blocking connection, or :class:`ServiceUnavailable` with what to do."""
     where = settings.amqp_url.where
     try:
@@ -78,7 +82,7 @@ def connect(settings: Settings, *, heartbeat: int = 30) -> pika.BlockingConnecti
 
 
 @contextlib.contextmanager
-def channel(settings: Settings) -> Iterator[BlockingChannel]:
+def channel(settings: Broker) -> Iterator[BlockingChannel]:
     """A channel on a short-lived connection, closed on exit."""
     connection = connect(settings)
     try:
@@ -88,7 +92,7 @@ def channel(settings: Settings) -> Iterator[BlockingChannel]:
             connection.close()
 
 
-def main_queue_arguments(settings: Settings) -> dict[str, Any]:
+def main_queue_arguments(settings: Broker) -> dict[str, Any]:
     return {
         "x-queue-type": "quorum",
         "x-delivery-limit": settings.delivery_limit,
@@ -102,7 +106,7 @@ def main_queue_arguments(settings: Settings) -> dict[str, Any]:
 FAILED_QUEUE_ARGUMENTS: dict[str, Any] = {"x-queue-type": "quorum"}
 
 
-def declare_topology(ch: BlockingChannel, settings: Settings) -> None:
+def declare_topology(ch: BlockingChannel, settings: Broker) -> None:
     """Declare exchange, main queue, failed queue and binding (idempotent)."""
     try:
         ch.exchange_declare(settings.exchange, exchange_type="direct", durable=True)
@@ -121,7 +125,7 @@ def declare_topology(ch: BlockingChannel, settings: Settings) -> None:
         raise
 
 
-def ensure_topology(settings: Settings) -> None:
+def ensure_topology(settings: Broker) -> None:
     with channel(settings) as ch:
         declare_topology(ch, settings)
 

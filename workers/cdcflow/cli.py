@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.text import Text
 
-from cdcflow import logs
+from cdcflow import logs, naming
 from cdcflow.config import Runner, Settings, load_settings
 from cdcflow.errors import CdcflowError, ConfigError
 from cdcflow.urls import scrub
@@ -38,7 +38,7 @@ app = typer.Typer(
 dlq_app = typer.Typer(help="Inspect, replay or purge the failed queue.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
 
-CONSUMER_METRICS_PORT = 9465
+CONSUMER_METRICS_PORT = naming.LOCAL_CONSUMER_METRICS_PORT
 DEMO_EVENTS = 20000
 DEMO_BAD_RATIO = 0.02
 out = Console()
@@ -209,7 +209,7 @@ def produce(
     )
     stop = threading.Event()
     _on_stop_signals(stop.set)
-    health = Health("producer")
+    health = Health(naming.PRODUCER)
     server = serve(health, settings.metrics_host, settings.metrics_port)
     try:
         run_producer(settings, stop=stop, health=health)
@@ -264,7 +264,7 @@ def consume(
         # The producer defaults to 9464; both may run on one host (the demo, a laptop).
         settings = settings.with_overrides(metrics_port=CONSUMER_METRICS_PORT)
     _on_stop_signals(runtime.STOP.set)
-    health = Health("consumer")
+    health = Health(naming.CONSUMER)
     server = serve(health, settings.metrics_host, settings.metrics_port)
     try:
         result = run_consumer(settings, health=health)

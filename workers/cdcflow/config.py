@@ -28,7 +28,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cdcflow import naming
 from cdcflow.errors import ConfigError
-from cdcflow.naming import METRICS_PORT
+from cdcflow.naming import LOCAL_CONSUMER_METRICS_PORT, METRICS_PATH, METRICS_PORT
 from cdcflow.urls import ServiceUrl, Url
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -376,11 +376,11 @@ class ToolSettings(Section):
 
     data_dir: Path = Field(Path(".cdcflow"), description="Local state of the demo (git-ignored).")
     producer_metrics_url: Url = Field(
-        default=f"http://127.0.0.1:{METRICS_PORT}/metrics",  # type: ignore[assignment]
+        default=f"http://127.0.0.1:{METRICS_PORT}{METRICS_PATH}",  # type: ignore[assignment]
         description="Where `cdcflow status` reads the producer.",
     )
     consumer_metrics_url: Url = Field(
-        default=f"http://127.0.0.1:{METRICS_PORT + 1}/metrics",  # type: ignore[assignment]
+        default=f"http://127.0.0.1:{LOCAL_CONSUMER_METRICS_PORT}{METRICS_PATH}",  # type: ignore[assignment]
         description="Where `cdcflow status` reads the consumer.",
     )
 
@@ -390,6 +390,23 @@ class ToolSettings(Section):
         if url.scheme not in ("http", "https"):
             raise ValueError("a metrics URL must start with http:// or https://")
         return url
+
+
+class QueueSettings(ConnectionSettings, BrokerSettings):
+    """The broker and connection sections with the derived queue names: all a client of
+    the pipeline's queues needs. What the consumer's DoFns hold instead of
+    :class:`Settings`, so Beam pickles no source URI, warehouse URL or tool option."""
+
+    queue_name: str = Field(description="The main queue (see naming.queue_name).")
+    failed_queue_name: str = Field(description="The failed queue of the main queue.")
+    routing_key: str = Field(description="The key binding the main queue to the exchange.")
+
+
+class TableSettings(ConnectionSettings, WarehouseSettings):
+    """The warehouse and connection sections with the derived table name: all a client
+    of the pipeline's table needs (the consumer's write DoFn holds this, nothing more)."""
+
+    table_name: str = Field(description="The warehouse table (see naming.table_name).")
 
 
 SECTIONS: dict[str, type[Section]] = {
@@ -563,7 +580,9 @@ def container_env(
     Fields that may carry a password (:data:`SECRET_FIELDS`) are rendered only as
     ``valueFrom.secretKeyRef`` from ``secrets``, never inline, so a manifest, an
     event or a log line of the operator cannot hold one. A secret field left at
-    its default (no password: the local stack's) is omitted unless referenced.
+    its default (no password: the local stack's) is omitted unless referenced; one
+    set to anything else with no reference raises :class:`ConfigError`, since
+    leaving it out would start the worker against the default service instead.
     Fields at their default are omitted too: the worker's own default applies.
     """
     env: list[dict[str, Any]] = []
@@ -578,6 +597,12 @@ def container_env(
                             "name": variable,
                             "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
                         }
+                    )
+                elif _env_text(getattr(section, name)) != str(field.default):
+                    raise ConfigError(
+                        f"{type(section).__name__}.{name} is set but no Secret reference names "
+                        f"it: {variable} is never rendered inline; pass a SecretKeyRef for "
+                        f"{name!r} (or leave it at its default)"
                     )
                 continue
             value = getattr(section, name)

@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from cdcflow import broker, localstack
+from cdcflow import broker, localstack, naming
 from cdcflow.config import Settings
 from cdcflow.errors import ServiceUnavailable
 from cdcflow.metrics import (
@@ -94,7 +94,7 @@ def _demo_settings(settings: Settings, root: Path) -> Settings:
 def _start_worker(command: str, settings: Settings, root: Path) -> localstack.WorkerProcess:
     """A worker for the demo: its own log under ``<data_dir>/demo/logs``, INFO level,
     whatever level the demo itself prints at."""
-    name = "producer" if command == "produce" else "consumer"
+    name = naming.PRODUCER if command == "produce" else naming.CONSUMER
     return localstack.start_worker(
         command,
         settings,
@@ -192,8 +192,8 @@ def _run_pipeline(settings: Settings, console: Console, *, private_broker: bool)
         workers.append(consumer)
         consumer.wait_ready(timeout=60)
         console.print(
-            f"producer metrics: {producer.metrics_url}/metrics   "
-            f"consumer metrics: {consumer.metrics_url}/metrics   logs: {root / 'logs'}"
+            f"producer metrics: {producer.metrics_url}{naming.METRICS_PATH}   "
+            f"consumer metrics: {consumer.metrics_url}{naming.METRICS_PATH}   logs: {root / 'logs'}"
         )
         progress = Progress()
         simulator_done = threading.Event()

@@ -18,8 +18,11 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cdcflow import metrics
+from cdcflow.naming import LIVENESS_PATH, METRICS_PATH, READINESS_PATH
 
 log = logging.getLogger(__name__)
+
+_PATHS = (METRICS_PATH, LIVENESS_PATH, READINESS_PATH)
 
 
 class Health:
@@ -64,16 +67,16 @@ def _handler(health: Health) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
-            if path == "/metrics":
+            if path == METRICS_PATH:
                 self._send(200, generate_latest(metrics.REGISTRY), CONTENT_TYPE_LATEST)
-            elif path == "/healthz":
+            elif path == LIVENESS_PATH:
                 report = health.report()
                 self._send(200 if report["alive"] else 503, orjson.dumps(report))
-            elif path == "/readyz":
+            elif path == READINESS_PATH:
                 report = health.report()
                 self._send(200 if report["ready"] else 503, orjson.dumps(report))
             else:
-                self._send(404, b'{"error": "try /metrics, /healthz or /readyz"}')
+                self._send(404, orjson.dumps({"error": f"try {', '.join(_PATHS)}"}))
 
         def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
             self.send_response(status)
@@ -129,5 +132,5 @@ def serve(health: Health, host: str, port: int) -> HealthServer | None:
             extra={"stage": health.component},
         )
         return None
-    log.info("serving /metrics, /healthz, /readyz on http://%s:%s", host, server.port)
+    log.info("serving %s on http://%s:%s", ", ".join(_PATHS), host, server.port)
     return server

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cdcflow import broker
+from cdcflow import broker, naming
 from cdcflow.config import Settings, settings_env
 from cdcflow.errors import ServiceUnavailable
 from cdcflow.localbroker import PASSWORD as BROKER_PASSWORD
@@ -255,7 +255,7 @@ class WorkerProcess:
 
     def scrape(self) -> Scrape:
         """Its metrics now (``ok`` is False if it does not answer)."""
-        return scrape(f"{self.metrics_url}/metrics")
+        return scrape(f"{self.metrics_url}{naming.METRICS_PATH}")
 
     def value(self, name: str, **labels: str) -> float:
         """One metric, summed over labels; raises if the worker died or does not answer."""

@@ -39,6 +39,9 @@ def table_name(collection: str, override: str | None = None) -> str:
 
 METRICS_PORT: Final = 9464
 """Where every worker serves /metrics, /healthz and /readyz in a pod."""
+LOCAL_CONSUMER_METRICS_PORT: Final = METRICS_PORT + 1
+"""The consumer's port when both workers run on one machine (the demo, ``cdcflow
+consume``, ``cdcflow status``): they cannot share one."""
 METRICS_PATH: Final = "/metrics"
 LIVENESS_PATH: Final = "/healthz"
 READINESS_PATH: Final = "/readyz"

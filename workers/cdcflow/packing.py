@@ -28,7 +28,8 @@ bundles in changes without parsing.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
@@ -240,6 +241,20 @@ def bulk_parse(changes: Sequence[bytes]) -> list[Any] | None:
 # -------------------------------------------------------------------------------------
 
 T = TypeVar("T")
+
+
+def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``items`` in lists of ``size`` (the last may be shorter), read lazily.
+
+    The one chunking helper (snapshot reads, verify's source scan, publishing in
+    slices, the benchmarks): a cursor is consumed as it goes, never held whole.
+    ``itertools.batched`` does this from Python 3.12; cdcflow runs on 3.11.
+    """
+    if size < 1:
+        raise ValueError("chunk size must be at least 1")
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
 
 
 @dataclass

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from cdcflow import metrics
 from cdcflow.docids import MAPPING as DOC_ID_MAPPING
 
 
@@ -337,7 +338,11 @@ IGNORED_REASONS: tuple[tuple[str, str], ...] = (
 
 
 def render_markdown() -> str:
-    """docs/cleaning.md, generated from the tables above."""
+    """docs/cleaning.md, generated from the tables above (metric names from
+    :mod:`cdcflow.metrics`, so a renamed counter cannot leave the docs behind)."""
+    fixed = metrics.sample_name(metrics.ROWS_FIXED)
+    failed = metrics.sample_name(metrics.EVENTS_FAILED)
+    ignored = metrics.sample_name(metrics.MESSAGES_IGNORED)
     lines = [
         "# Cleaning rules",
         "",
@@ -345,7 +350,7 @@ def render_markdown() -> str:
         " tests/unit/test_rules.py keeps it in sync -->",
         "",
         "Every document the consumer loads passes these rules, in this order. A **fixed**",
-        "value is loaded as fixed (and counted in `cdcflow_rows_fixed_total{rule}`); a",
+        f"value is loaded as fixed (and counted in `{fixed}{{rule}}`); a",
         "**rejected** document is not loaded: its message goes to `<collection>.failed`",
         "with the rule's code as `x-cdcflow-reason`. `cdcflow verify` applies the same",
         "rules to the source, so a rejected document is expected to be absent.",
@@ -403,7 +408,7 @@ def render_markdown() -> str:
         "message goes to `<collection>.failed` as a failed-event record (content type",
         "`application/vnd.cdcflow.failed-event+json`, stage `producer`) with the reason,",
         "its resume token and its documentKey, is counted in",
-        "`cdcflow_events_failed_total{reason}` (alert `CdcflowEventsSkippedOrFailed`), and",
+        f"`{failed}{{reason}}` (alert `CdcflowEventsSkippedOrFailed`), and",
         "capture continues after it. `cdcflow dlq replay` leaves these records in place:",
         "the change they stand for must be read from MongoDB again (fix the document, or",
         "touch it so a new event is made).",
@@ -418,7 +423,7 @@ def render_markdown() -> str:
         "## Messages acknowledged without a row",
         "",
         "Every acknowledged message leaves a warehouse row, a failed-queue record, or one",
-        "of these reasons, counted in `cdcflow_messages_ignored_total{reason}`:",
+        f"of these reasons, counted in `{ignored}{{reason}}`:",
         "",
         "| reason | meaning |",
         "| --- | --- |",

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from cdcflow.naming import READINESS_PATH
 from cdcflow.urls import ServiceUrl, scrub
 
 
@@ -88,7 +89,7 @@ def scrape(url: str | ServiceUrl, timeout: float = 2.0) -> Scrape:
 def ready(base_url: str, timeout: float = 1.0) -> bool:
     """Whether ``<base_url>/readyz`` answers 200."""
     try:
-        with urllib.request.urlopen(f"{base_url}/readyz", timeout=timeout) as response:
+        with urllib.request.urlopen(f"{base_url}{READINESS_PATH}", timeout=timeout) as response:
             return int(response.status) == 200
     except (urllib.error.URLError, OSError, ValueError):
         return False

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from cdcflow.config import Settings
 from cdcflow.events import canonical_id, to_json_safe
 from cdcflow.mongo import open_mongo_client
+from cdcflow.packing import chunks
 from cdcflow.rules import FIELD_NAMES
 from cdcflow.transforms import clean_documents
 from cdcflow.warehouse.client import Warehouse
@@ -87,17 +88,6 @@ class VerifyReport:
             "duplicates": self.duplicates,
             "examples": [vars(example) for example in self.examples],
         }
-
-
-def _chunks(cursor: Any, size: int) -> Iterator[list[dict[str, Any]]]:
-    chunk: list[dict[str, Any]] = []
-    for document in cursor:
-        chunk.append(document)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def expected_rows(documents: Sequence[dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], int]:
@@ -179,7 +169,7 @@ def verify(settings: Settings, *, warehouse: Warehouse | None = None) -> VerifyR
     try:
         collection = client[settings.mongo_db][settings.mongo_collection]
         projection = dict.fromkeys(FIELD_NAMES, 1)
-        for chunk in _chunks(collection.find({}, projection), _CHUNK):
+        for chunk in chunks(collection.find({}, projection), _CHUNK):
             rows, _ = expected_rows(chunk)
             report.source_documents += len(chunk)
             for document in chunk:

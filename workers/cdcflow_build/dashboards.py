@@ -68,8 +68,15 @@ def scoped(name: str, matchers: str = "") -> str:
     return f"{name}{{{inner}}}"
 
 
+# And every aggregation keeps namespace and pipeline, with legends naming them: when
+# "All" (or several) are chosen, each pipeline is its own line, never a sum of them.
+APART = f"namespace, {PIPELINE_METRIC_LABEL}"
+WHO = "{{namespace}}/{{" + PIPELINE_METRIC_LABEL + "}}"
+"""The legend prefix of an aggregated series: which pipeline it is."""
+
+
 def _agg(op: str, inner: str, by: str) -> str:
-    return f"{op} by ({by}) ({inner})" if by else f"{op}({inner})"
+    return f"{op} by ({by}, {APART}) ({inner})" if by else f"{op} by ({APART}) ({inner})"
 
 
 def rate(collector: MetricWrapperBase, by: str = "") -> str:
@@ -85,15 +92,24 @@ def gauge(collector: MetricWrapperBase, by: str = "", matchers: str = "") -> str
 
 
 def since(collector: MetricWrapperBase) -> str:
-    return f"time() - max({scoped(metric(collector))})"
+    return f"time() - {_agg('max', scoped(metric(collector)), '')}"
 
 
 def quantiles(histogram: MetricWrapperBase, *qs: float) -> list[tuple[str, str]]:
     bucket = scoped(metric(histogram, "_bucket"))
     return [
-        (f"histogram_quantile({q}, sum by (le) (rate({bucket}[{RATE}])))", f"p{round(q * 100)}")
+        (
+            f"histogram_quantile({q}, {_agg('sum', f'rate({bucket}[{RATE}])', 'le')})",
+            f"p{round(q * 100)}",
+        )
         for q in qs
     ]
+
+
+def buckets(histogram: MetricWrapperBase) -> str:
+    """Bucket counts for a heatmap: by ``le`` alone, since Grafana reads each series as one
+    bucket row; the namespace and pipeline variables choose what it shows."""
+    return f"sum by (le) (increase({scoped(metric(histogram, '_bucket'))}[{RATE}]))"
 
 
 # --- panel specs --------------------------------------------------------------------------
@@ -206,6 +222,8 @@ def _panel(spec: Panel) -> stat.Panel | table.Panel | heatmap.Panel | timeseries
     if spec.thresholds:
         builder = builder.thresholds(_thresholds(spec.thresholds))
     for index, (expr, label) in enumerate(spec.targets):
+        if APART in expr:  # one series per pipeline: the legend says which
+            label = f"{WHO} {label}" if label else WHO
         builder = builder.with_target(_query(expr, label, chr(ord("A") + index), spec.kind))
     return builder
 
@@ -323,7 +341,7 @@ PRODUCER = Board(
             series("Time since last capture", (since(m.LAST_CAPTURE_TIMESTAMP), "idle"), unit="s"),
             ops("Skipped events by reason", (rate(m.EVENTS_SKIPPED, "reason"), "{{reason}}")),
             ops("Failed events by reason", (rate(m.EVENTS_FAILED, "reason"), "{{reason}}")),
-            series("Capture stopped", (gauge(m.CAPTURE_STOPPED), "{{reason}}")),
+            series("Capture stopped", (gauge(m.CAPTURE_STOPPED, "reason"), "{{reason}}")),
         ),
         row(
             "Publish",
@@ -398,11 +416,12 @@ CONSUMER = Board(
             FRESHNESS,
             Panel(
                 "Freshness distribution",
-                [(increase(m.FRESHNESS_SECONDS, "le", "_bucket"), "{{le}}")],
+                [(buckets(m.FRESHNESS_SECONDS), "{{le}}")],
                 "s",
                 "heatmap",
                 width=24,
-                note="Loaded changes per freshness bucket.",
+                note="Loaded changes per freshness bucket, of the pipelines chosen above "
+                "(choose one to see one pipeline's).",
             ),
         ),
     ],

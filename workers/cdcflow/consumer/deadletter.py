@@ -50,8 +50,11 @@ def _now_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def dead_letter(delivery: Delivery, rejection: Rejection, settings: Settings) -> OutgoingMessage:
-    """The failed-queue record of a rejection: reason in headers.
+def dead_letter(delivery: Delivery, rejection: Rejection, failed_queue: str) -> OutgoingMessage:
+    """The failed-queue record of a rejection, for ``failed_queue``: reason in headers.
+
+    Takes the queue's name, not the settings: the dead-letter DoFn that calls this is
+    pickled by Beam and holds nothing else.
 
     A rejection of a whole message copies it (same body and message_id). A change
     rejected inside a batch message becomes a one-change message of its own: its
@@ -92,7 +95,7 @@ def dead_letter(delivery: Delivery, rejection: Rejection, settings: Settings) ->
         delivery_mode=pika.DeliveryMode.Persistent,
         headers=headers,
     )
-    return OutgoingMessage("", settings.failed_queue_name, body, properties)
+    return OutgoingMessage("", failed_queue, body, properties)
 
 
 def reason_of(properties: BasicProperties) -> str:

@@ -23,8 +23,8 @@ from typing import Any
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.pipeline import Pipeline
 
-from cdcflow import broker, metrics
-from cdcflow.config import Runner, Settings
+from cdcflow import broker, metrics, naming
+from cdcflow.config import QueueSettings, Runner, Settings, TableSettings
 from cdcflow.consumer import runtime
 from cdcflow.consumer.sink import PublishDeadLetters, TransformBatch, WriteToClickHouse
 from cdcflow.consumer.source import ReadFromRabbitMQ
@@ -101,17 +101,22 @@ def pipeline_options(settings: Settings, job_endpoint: str | None = None) -> Pip
 
 
 def build_pipeline(settings: Settings, options: PipelineOptions | None = None) -> Pipeline:
-    """The consumer pipeline (not yet run)."""
+    """The consumer pipeline (not yet run).
+
+    Each transform gets only the sections and names it uses: Beam pickles its DoFns
+    (and ships them to a Flink job), so none holds the source URI or a tool option.
+    """
     if settings.runner is Runner.inprocess:
         _shorten_state_sampling()
     pipeline = Pipeline(options=options or pipeline_options(settings))
     consumers = settings.parallelism
     (
         pipeline
-        | "ReadFromRabbitMQ" >> ReadFromRabbitMQ(settings, consumers=consumers)
-        | "TransformBatch" >> TransformBatch(settings)
-        | "WriteToClickHouse" >> WriteToClickHouse(settings)
-        | "PublishDeadLetters" >> PublishDeadLetters(settings)
+        | "ReadFromRabbitMQ"
+        >> ReadFromRabbitMQ(QueueSettings.of(settings), settings.consumer, consumers=consumers)
+        | "TransformBatch" >> TransformBatch(settings.mongo_collection)
+        | "WriteToClickHouse" >> WriteToClickHouse(TableSettings.of(settings))
+        | "PublishDeadLetters" >> PublishDeadLetters(settings.failed_queue_name)
     )
     return pipeline
 
@@ -181,7 +186,7 @@ def run_consumer(settings: Settings, *, health: Health | None = None) -> Consume
     (:data:`runtime.STOP`): a batch abandoned by a stop was not acked and will be
     delivered again.
     """
-    health = health or Health("consumer")
+    health = health or Health(naming.CONSUMER)
     with Warehouse(settings) as warehouse:  # fails fast, with a hint, if unreachable
         warehouse.init_schema()
     health.set_ready("clickhouse", True)

@@ -31,9 +31,11 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential_jitter
+from tenacity.stop import stop_when_event_set
 
 from cdcflow import broker, metrics
-from cdcflow.config import Settings
+from cdcflow.config import QueueSettings
 from cdcflow.errors import CdcflowError
 from cdcflow.packing import declared_changes, is_batch
 
@@ -42,6 +44,7 @@ log = logging.getLogger(__name__)
 _PUMP_SECONDS = 0.05
 IDLE_WAIT_S = 1.0  # how long a bundle waits for a first message before deferring
 _MAX_BACKOFF_S = 10.0
+_CONNECTION_ERRORS = (pika.exceptions.AMQPError, CdcflowError, OSError)
 
 
 @dataclass(frozen=True)
@@ -99,10 +102,15 @@ class OutgoingMessage:
 
 
 class RabbitConsumer:
-    """Consumes ``settings.queue_name`` with prefetch; acks and publishes on request."""
+    """Consumes ``queues.queue_name`` with prefetch; acks and publishes on request.
 
-    def __init__(self, settings: Settings, *, name: str = "consumer") -> None:
-        self.settings = settings
+    Holds only the broker's sections and queue names (:class:`QueueSettings`), not
+    the whole settings: the read DoFn that opens it is pickled by Beam.
+    """
+
+    def __init__(self, queues: QueueSettings, *, prefetch: int, name: str = "consumer") -> None:
+        self.queues = queues
+        self.prefetch = prefetch
         self.name = name
         self._deliveries: queue.Queue[Delivery] = queue.Queue()  # bounded by the prefetch
         self._stop = threading.Event()
@@ -259,9 +267,9 @@ class RabbitConsumer:
         connection.add_callback_threadsafe(callback)
 
     def _open(self) -> None:
-        connection = broker.connect(self.settings)
+        connection = broker.connect(self.queues)
         channel = connection.channel()
-        channel.basic_qos(prefetch_count=self.settings.effective_prefetch)
+        channel.basic_qos(prefetch_count=self.prefetch)
         publish_channel = connection.channel()
         publish_channel.confirm_delivery()
         self._epoch += 1
@@ -289,8 +297,8 @@ class RabbitConsumer:
 
         # Declaring is idempotent: a queue deleted while we were away (or never
         # created, if the consumer starts first) comes back instead of failing us.
-        broker.declare_topology(channel, self.settings)
-        channel.basic_consume(self.settings.queue_name, on_message)
+        broker.declare_topology(channel, self.queues)
+        channel.basic_consume(self.queues.queue_name, on_message)
         self._connection, self._channel, self._publish_channel = (
             connection,
             channel,
@@ -322,32 +330,58 @@ class RabbitConsumer:
                 connection.close()
 
     def _run(self) -> None:
-        backoff = 0.5
+        """Pump the connection; when it drops, reconnect with tenacity's backoff
+        (0.5 s doubling to 10 s, with jitter; one log line per retry) until it is
+        back or :meth:`close` is called."""
         while not self._stop.is_set():
             try:
-                if self._connection is None:
-                    self._open()
-                    metrics.RECONNECTS.labels(service="rabbitmq").inc()
-                    log.info(
-                        "reconnected to RabbitMQ",
-                        extra={"stage": "consumer", "where": self.settings.amqp_url.where},
-                    )
-                    backoff = 0.5
+                if self._connection is None and not self._reconnect():
+                    break  # stopped while the broker was away
                 assert self._connection is not None
                 self._connection.process_data_events(time_limit=_PUMP_SECONDS)
-            except (pika.exceptions.AMQPError, CdcflowError, OSError) as error:
+            except _CONNECTION_ERRORS as error:
                 self._connected.clear()
                 self._connection = self._channel = self._publish_channel = None
                 log.warning(
-                    "RabbitMQ connection lost (%s); retrying in %.1f s; unacked messages "
-                    "will be redelivered",
+                    "RabbitMQ connection lost (%s); reconnecting; unacked messages will be "
+                    "redelivered",
                     type(error).__name__,
-                    backoff,
-                    extra={"stage": "consumer", "where": self.settings.amqp_url.where},
+                    extra={"stage": "consumer", "where": self.queues.amqp_url.where},
                 )
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, _MAX_BACKOFF_S)
         self._close_connection()
+
+    def _reconnect(self) -> bool:
+        """Open a new connection (True), retrying until it opens or the consumer stops
+        (False). Each outage starts its backoff afresh."""
+        where = self.queues.amqp_url.where
+
+        def before_sleep(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            log.warning(
+                "RabbitMQ still unreachable (%s); retrying in %.1f s",
+                type(error).__name__,
+                state.upcoming_sleep,
+                extra={"stage": "consumer", "where": where, "attempt": state.attempt_number},
+            )
+
+        def pause(seconds: float) -> None:
+            self._stop.wait(seconds)  # close() cuts the wait short
+
+        retrying = Retrying(
+            retry=retry_if_exception_type(_CONNECTION_ERRORS),
+            wait=wait_exponential_jitter(initial=0.5, max=_MAX_BACKOFF_S, jitter=0.25),
+            stop=stop_when_event_set(self._stop),
+            sleep=pause,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        try:
+            retrying(self._open)
+        except _CONNECTION_ERRORS:
+            return False  # stop is set: tenacity gave up instead of waiting again
+        metrics.RECONNECTS.labels(service="rabbitmq").inc()
+        log.info("reconnected to RabbitMQ", extra={"stage": "consumer", "where": where})
+        return True
 
 
 def properties_dict(properties: BasicProperties) -> dict[str, Any]:

@@ -23,6 +23,14 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_never,
+    wait_exponential_jitter,
+)
+
 from cdcflow.consumer.rabbitmq import RabbitConsumer
 
 log = logging.getLogger(__name__)
@@ -160,42 +168,60 @@ def retry_until_done(
     max_s: float = 15.0,
     sleep: Callable[[float], bool] = STOP.wait,
 ) -> T:
-    """Run ``action`` until it succeeds, backing off exponentially.
+    """Run ``action`` until it succeeds, backing off exponentially (with jitter).
 
     For transient failures (a warehouse or broker that is down): nothing is acked
     meanwhile, so waiting loses nothing. Gives up only when :data:`STOP` is set,
-    raising :class:`Abandoned`. ``sleep`` returns True to stop (Event.wait).
+    raising :class:`Abandoned`. ``sleep`` returns True to stop (Event.wait). The
+    retrying is tenacity's, as everywhere in cdcflow; this adds the log line per
+    retry and the stop.
     """
-    delay = initial_s
-    attempt = 0
     started = time.monotonic()
-    while True:
-        attempt += 1
-        try:
-            result = action()
-        except Exception as error:  # every failure of the action is retried
-            if on_failure is not None:
-                on_failure(error)
-            log.warning(
-                "%s failed (%s: %s); retry %d in %.1f s (down for %.0f s so far)",
-                what,
-                type(error).__name__,
-                str(error).splitlines()[0][:200] if str(error) else "",
-                attempt,
-                delay,
-                time.monotonic() - started,
-                extra={"stage": "consumer", "attempt": attempt},
-            )
-            if sleep(delay):
-                raise Abandoned(f"{what}: stopping before it succeeded") from error
-            delay = min(delay * 2, max_s)
-            continue
-        if attempt > 1:
-            log.info(
-                "%s succeeded after %d attempts (%.1f s)",
-                what,
-                attempt,
-                time.monotonic() - started,
-                extra={"stage": "consumer", "attempt": attempt},
-            )
-        return result
+    last: BaseException | None = None
+
+    def before_sleep(state: RetryCallState) -> None:
+        nonlocal last
+        last = error = state.outcome.exception() if state.outcome else None
+        if on_failure is not None and isinstance(error, Exception):
+            on_failure(error)
+        text = str(error) if error is not None else ""
+        log.warning(
+            "%s failed (%s: %s); retry %d in %.1f s (down for %.0f s so far)",
+            what,
+            type(error).__name__,
+            text.splitlines()[0][:200] if text else "",
+            state.attempt_number,
+            state.upcoming_sleep,
+            time.monotonic() - started,
+            extra={"stage": "consumer", "attempt": state.attempt_number},
+        )
+
+    def pause(seconds: float) -> None:
+        if sleep(seconds):
+            raise Abandoned(f"{what}: stopping before it succeeded") from last
+
+    retrying = Retrying(
+        retry=retry_if_exception_type(Exception),  # every failure of the action
+        wait=wait_exponential_jitter(initial=initial_s, max=max_s, jitter=initial_s / 2),
+        stop=stop_never,
+        sleep=pause,
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    attempts = 0
+
+    def attempt() -> T:
+        nonlocal attempts
+        attempts += 1
+        return action()
+
+    result = retrying(attempt)
+    if attempts > 1:
+        log.info(
+            "%s succeeded after %d attempts (%.1f s)",
+            what,
+            attempts,
+            time.monotonic() - started,
+            extra={"stage": "consumer", "attempt": attempts},
+        )
+    return result

@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 from apache_beam.coders.typecoders import registry as coder_registry
 
 from cdcflow import metrics
-from cdcflow.config import Settings
+from cdcflow.config import TableSettings
 from cdcflow.consumer import runtime
 from cdcflow.consumer.batches import ProcessedBatch, loaded_now, process_batch
 from cdcflow.consumer.deadletter import dead_letter
@@ -53,9 +53,9 @@ coder_registry.register_coder(TransformedBatch, BatchCoder)
 class TransformBatch(beam.PTransform[Any, Any]):
     """Parse, clean, transform and enrich each batch (pure, see ``batches``)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, collection: str) -> None:
         super().__init__()
-        self._collection = settings.mongo_collection
+        self._collection = collection
 
     def expand(self, batches: Any) -> Any:
         collection = self._collection
@@ -73,8 +73,10 @@ class TransformBatch(beam.PTransform[Any, Any]):
 
 
 class _WriteFn(beam.DoFn):
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
+    """Holds the warehouse's sections and table name only: Beam pickles it."""
+
+    def __init__(self, table: TableSettings) -> None:
+        self._table = table
         self._warehouse: Warehouse | None = None
 
     def setup(self) -> None:
@@ -82,7 +84,7 @@ class _WriteFn(beam.DoFn):
 
     def _open(self) -> Warehouse:
         if self._warehouse is None:
-            self._warehouse = warehouse = Warehouse(self._settings)
+            self._warehouse = warehouse = Warehouse(self._table)
             runtime.on_close(warehouse.close)  # also when Flink never tears this down
         return self._warehouse
 
@@ -157,19 +159,22 @@ def _observe_freshness(cluster_times: pa.ChunkedArray, loaded_at: float) -> None
 class WriteToClickHouse(beam.PTransform[Any, Any]):
     """Insert each batch's rows (and run its sweeps) before the bundle may commit."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, table: TableSettings) -> None:
         super().__init__()
-        self._settings = settings
+        self._table = table
 
     def expand(self, batches: Any) -> Any:
-        return batches | "Write" >> beam.ParDo(_WriteFn(self._settings)).with_output_types(
+        return batches | "Write" >> beam.ParDo(_WriteFn(self._table)).with_output_types(
             TransformedBatch
         )
 
 
 class _DeadLetterFn(beam.DoFn):
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
+    """Holds the failed queue's name only: it publishes on the connection that
+    delivered the batch (:func:`runtime.lookup`), and Beam pickles it."""
+
+    def __init__(self, failed_queue: str) -> None:
+        self._failed_queue = failed_queue
 
     def process(self, batch: TransformedBatch) -> Iterator[int]:
         rejections = batch.processed.rejections
@@ -177,7 +182,7 @@ class _DeadLetterFn(beam.DoFn):
             return
         deliveries = batch.consumed.deliveries
         messages = [
-            dead_letter(deliveries[rejection.index], rejection, self._settings)
+            dead_letter(deliveries[rejection.index], rejection, self._failed_queue)
             for rejection in rejections
         ]
         consumer = runtime.lookup(batch.consumed.consumer_key)
@@ -194,7 +199,7 @@ class _DeadLetterFn(beam.DoFn):
 
         published = runtime.retry_until_done(
             publish,
-            what=f"publishing {len(messages)} messages to {self._settings.failed_queue_name}",
+            what=f"publishing {len(messages)} messages to {self._failed_queue}",
             max_s=5.0,
         )
         if not published:
@@ -216,11 +221,11 @@ class _DeadLetterFn(beam.DoFn):
 
 
 class PublishDeadLetters(beam.PTransform[Any, Any]):
-    """Send each batch's rejected messages to ``<collection>.failed`` with confirms."""
+    """Send each batch's rejected messages to ``failed_queue`` with confirms."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, failed_queue: str) -> None:
         super().__init__()
-        self._settings = settings
+        self._failed_queue = failed_queue
 
     def expand(self, batches: Any) -> Any:
-        return batches | "DeadLetter" >> beam.ParDo(_DeadLetterFn(self._settings))
+        return batches | "DeadLetter" >> beam.ParDo(_DeadLetterFn(self._failed_queue))

@@ -42,7 +42,7 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 from cdcflow import metrics
-from cdcflow.config import Settings
+from cdcflow.config import ConsumerSettings, QueueSettings
 from cdcflow.consumer import runtime
 from cdcflow.consumer.rabbitmq import Delivery, RabbitConsumer
 
@@ -154,12 +154,20 @@ class _ReadQueueFn(beam.DoFn):
     :class:`~cdcflow.consumer.runtime.Slot`, not in this instance: the SDK worker
     runs the next bundle of a restriction on other instances while this one
     awaits its finalization (on Flink, until the next checkpoint).
+
+    Beam pickles this instance with what it holds, so it holds the broker's sections
+    and queue names and the consumer section, never the whole settings.
     """
 
     def __init__(
-        self, settings: Settings, run: str, now: Callable[[], float] = time.monotonic
+        self,
+        queues: QueueSettings,
+        consumer: ConsumerSettings,
+        run: str,
+        now: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._settings = settings
+        self._queues = queues
+        self._consumer = consumer
         self._run = run
         self._now = now
         self._unfinalized: list[_AckOnFinalize] = []
@@ -172,12 +180,14 @@ class _ReadQueueFn(beam.DoFn):
 
     def _open(self, slot: runtime.Slot) -> RabbitConsumer:
         if slot.consumer is None:
-            slot.consumer = RabbitConsumer(self._settings, name=slot.key).start()
+            slot.consumer = RabbitConsumer(
+                self._queues, prefetch=self._consumer.effective_prefetch, name=slot.key
+            ).start()
             runtime.register(slot.key, slot.consumer)
         return slot.consumer
 
     def _should_stop(self, slot: runtime.Slot) -> bool:
-        settings = self._settings
+        settings = self._consumer
         if runtime.STOP.is_set():
             return True
         if settings.max_messages is not None and slot.taken >= settings.max_messages:
@@ -207,7 +217,7 @@ class _ReadQueueFn(beam.DoFn):
             _finish(tracker, slot)
             return
         consumer = self._open(slot)
-        settings = self._settings
+        settings = self._consumer
         limit = settings.batch_max_messages
         if settings.max_messages is not None:
             limit = max(1, min(limit, settings.max_messages - slot.taken))
@@ -301,13 +311,16 @@ class _AckOnFinalize:
 
 
 class ReadFromRabbitMQ(beam.PTransform[Any, Any]):
-    """Read ``settings.queue_name`` as batches of deliveries, acked on finalization."""
+    """Read ``queues.queue_name`` as batches of deliveries, acked on finalization."""
 
-    def __init__(self, settings: Settings, *, consumers: int = 1) -> None:
+    def __init__(
+        self, queues: QueueSettings, consumer: ConsumerSettings, *, consumers: int = 1
+    ) -> None:
         super().__init__()
         if consumers < 1:
             raise ValueError("consumers must be at least 1")
-        self._settings = settings
+        self._queues = queues
+        self._consumer = consumer
         self._consumers = consumers
         self._run = uuid.uuid4().hex[:12]  # names this pipeline's slots in runtime
 
@@ -316,5 +329,7 @@ class ReadFromRabbitMQ(beam.PTransform[Any, Any]):
             pbegin
             | "Consumers" >> beam.Create(list(range(self._consumers)))
             | "Read"
-            >> beam.ParDo(_ReadQueueFn(self._settings, self._run)).with_output_types(ConsumedBatch)
+            >> beam.ParDo(_ReadQueueFn(self._queues, self._consumer, self._run)).with_output_types(
+                ConsumedBatch
+            )
         )

@@ -41,6 +41,7 @@ from pymongo.errors import InvalidOperation, OperationFailure
 from cdcflow import metrics
 from cdcflow.errors import HistoryLost
 from cdcflow.events import OVERSIZE_MARK
+from cdcflow.packing import chunks
 from cdcflow.versions import InvalidEvent, Token, is_nx_token, nx_sequence, token_data
 
 log = logging.getLogger(__name__)
@@ -336,12 +337,5 @@ def _lost_message(token: Token | None, error: OperationFailure) -> str:
 
 def snapshot_batches(collection: Collection[Event], batch_size: int) -> Iterator[list[Event]]:
     """Every document of ``collection``, ``batch_size`` at a time (natural order)."""
-    batch: list[Event] = []
     with collection.find({}, batch_size=batch_size) as cursor:
-        for document in cursor:
-            batch.append(document)
-            if len(batch) >= batch_size:
-                yield batch
-                batch = []
-    if batch:
-        yield batch
+        yield from chunks(cursor, batch_size)

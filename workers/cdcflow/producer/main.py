@@ -41,7 +41,7 @@ import pymongo
 from pymongo import MongoClient
 from pymongo.errors import ConnectionFailure, PyMongoError
 
-from cdcflow import broker, metrics
+from cdcflow import broker, metrics, naming
 from cdcflow.config import Settings
 from cdcflow.errors import HistoryLost
 from cdcflow.events import (
@@ -56,7 +56,7 @@ from cdcflow.events import (
 )
 from cdcflow.health import Health
 from cdcflow.mongo import open_mongo_client, wait_for_mongo
-from cdcflow.packing import Packer
+from cdcflow.packing import Packer, chunks
 from cdcflow.producer.amqp import batch_entry, message_entry
 from cdcflow.producer.changestream import (
     ChangeReader,
@@ -163,7 +163,7 @@ def run_producer(
     :class:`~cdcflow.errors.ConfigError` if the broker refuses the topology.
     """
     stop = stop or threading.Event()
-    health = health or Health("producer")
+    health = health or Health(naming.PRODUCER)
     started = time.monotonic()
     client = open_mongo_client(settings)
     try:
@@ -553,8 +553,8 @@ class Producer:
                         continue
                     entries += self._packed(packer.add(encoded.body, (encoded, None), 0.0))
                 entries += self._packed(packer.flush())
-                for at in range(0, len(entries), self._chunk):
-                    if not publisher.submit(entries[at : at + self._chunk], stop):
+                for chunk in chunks(entries, self._chunk):
+                    if not publisher.submit(chunk, stop):
                         return False
                 documents += len(batch)
                 self._captured["snapshot"] += len(batch)

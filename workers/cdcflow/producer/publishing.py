@@ -22,7 +22,6 @@ saved. The outbox is bounded by ``publish_window``: the reader blocks when full.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections import deque
@@ -33,6 +32,8 @@ import pika
 import pika.exceptions
 from pika.adapters.select_connection import IOLoop
 from pika.spec import Basic
+from tenacity import RetryCallState, Retrying, wait_exponential_jitter
+from tenacity.wait import wait_base
 
 from cdcflow import broker, metrics
 from cdcflow.config import Settings
@@ -47,9 +48,35 @@ log = logging.getLogger(__name__)
 _MAX_BACKOFF_S = 10.0
 
 
-def _backoff(attempt: int) -> float:
-    """0.25 s, 0.5 s, 1 s … capped at 10 s, with ±20 % jitter (attempt counts from 1)."""
-    return float(min(0.25 * 2 ** (attempt - 1), _MAX_BACKOFF_S) * random.uniform(0.8, 1.2))
+class Backoff:
+    """The delays of one outage, from a tenacity wait strategy.
+
+    The publisher is callback-driven (pika's ioloop schedules each retry with
+    ``call_later``), so there is no call for :class:`tenacity.Retrying` to wrap; the
+    delays and the attempt count are still tenacity's, as everywhere in cdcflow.
+    """
+
+    def __init__(self, wait: wait_base | None = None) -> None:
+        """Default: 0.25 s, 0.5 s, 1 s … capped at 10 s, plus up to 0.1 s of jitter."""
+        self._wait = wait or wait_exponential_jitter(initial=0.25, max=_MAX_BACKOFF_S, jitter=0.1)
+        self._state: RetryCallState | None = None
+
+    @property
+    def attempt(self) -> int:
+        """Failed attempts of this outage so far (0: none)."""
+        return 0 if self._state is None else self._state.attempt_number
+
+    def next(self) -> float:
+        """Count one more failed attempt; the seconds to wait before the next."""
+        if self._state is None:
+            self._state = RetryCallState(Retrying(wait=self._wait), fn=None, args=(), kwargs={})
+        else:
+            self._state.prepare_for_next_attempt()
+        return float(self._wait(self._state))
+
+    def reset(self) -> None:
+        """The outage is over: the next one starts from the first delay."""
+        self._state = None
 
 
 class Publisher:
@@ -100,8 +127,9 @@ class Publisher:
         self._ready = False
         self._resend_scheduled = False
         self._closing = False
-        self._attempt = 0  # failed connection attempts in a row
+        self._connecting = Backoff()  # failed connection attempts in a row
         self._channel_failures = 0  # channels lost since the last confirm
+        self._reopening = Backoff()  # their delays (the first reopens at once)
         self._failure: BaseException | None = None
         self.reconnects = 0
         self._thread = threading.Thread(target=self._run, name="cdcflow-publisher", daemon=True)
@@ -229,9 +257,8 @@ class Publisher:
         )
 
     def _retry_later(self, error: BaseException | str) -> None:
-        self._attempt += 1
+        delay = self._connecting.next()
         detail = error.detail if isinstance(error, ServiceUnavailable) else str(error)
-        delay = _backoff(self._attempt)
         log.warning(
             "RabbitMQ at %s not available (%s); reconnecting in %.1f s",
             self._where,
@@ -241,7 +268,7 @@ class Publisher:
                 "stage": "producer",
                 "service": "rabbitmq",
                 "where": self._where,
-                "attempt": self._attempt,
+                "attempt": self._connecting.attempt,
             },
         )
         self._ioloop.call_later(delay, self._connect)
@@ -291,7 +318,7 @@ class Publisher:
         # Back off if channels keep failing with nothing confirmed between (a message
         # the broker refuses every time must not make this a busy loop).
         self._channel_failures += 1
-        delay = 0.0 if self._channel_failures == 1 else _backoff(self._channel_failures - 1)
+        delay = 0.0 if self._channel_failures == 1 else self._reopening.next()
         log.warning(
             "RabbitMQ channel closed (%s); re-declaring topology and republishing in %.1f s",
             scrub(str(reason)),
@@ -325,7 +352,7 @@ class Publisher:
                 len(pending),
                 extra={"stage": "producer", "service": "rabbitmq", "where": self._where},
             )
-        self._attempt = 0
+        self._connecting.reset()
         self._set_ready(True)
         self._ready_once.set()
         self._send(pending)
@@ -374,6 +401,7 @@ class Publisher:
             confirmed = self._outbox.ack(method.delivery_tag, method.multiple)
             if confirmed:
                 self._channel_failures = 0
+                self._reopening.reset()
                 self._confirmed += len(confirmed)
                 changes = sum(entry.changes for entry in confirmed)
                 self._confirmed_changes += changes

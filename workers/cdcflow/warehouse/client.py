@@ -16,7 +16,7 @@ import clickhouse_connect
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
-from cdcflow.config import Settings
+from cdcflow.config import Settings, TableSettings
 from cdcflow.errors import ServiceUnavailable
 from cdcflow.urls import scrub
 from cdcflow.warehouse import ddl
@@ -25,8 +25,12 @@ log = logging.getLogger(__name__)
 
 SERVICE = "ClickHouse"
 
+Target = Settings | TableSettings
+"""What a warehouse client reads: the whole settings in a CLI command or a test, only
+the warehouse's sections and table name in anything Beam pickles."""
 
-def _hint(settings: Settings) -> str:
+
+def _hint(settings: Target) -> str:
     if settings.clickhouse_url.scheme == "chdb":
         return (
             "chdb opens a data folder from one process at a time: stop the process that "
@@ -35,7 +39,7 @@ def _hint(settings: Settings) -> str:
     return "check that ClickHouse is up and CDCFLOW_CLICKHOUSE_URL (host, port, user) is right"
 
 
-def open_client(settings: Settings) -> Client:
+def open_client(settings: Target) -> Client:
     """A connected client, or :class:`ServiceUnavailable` saying where and what to do."""
     url = settings.clickhouse_url
     try:
@@ -64,7 +68,7 @@ def open_client(settings: Settings) -> Client:
 class Warehouse:
     """The warehouse table of one collection, and the statements cdcflow runs on it."""
 
-    def __init__(self, settings: Settings, client: Client | None = None) -> None:
+    def __init__(self, settings: Target, client: Client | None = None) -> None:
         self.settings = settings
         self.database = settings.clickhouse_database
         self.table = settings.table_name
