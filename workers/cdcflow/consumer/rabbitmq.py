@@ -369,7 +369,7 @@ class RabbitConsumer:
 
         retrying = Retrying(
             retry=retry_if_exception_type(_CONNECTION_ERRORS),
-            wait=wait_exponential_jitter(initial=0.5, max=_MAX_BACKOFF_S, jitter=0.25),
+            wait=wait_exponential_jitter(multiplier=0.5, max=_MAX_BACKOFF_S, jitter=0.25),
             stop=stop_when_event_set(self._stop),
             sleep=pause,
             before_sleep=before_sleep,

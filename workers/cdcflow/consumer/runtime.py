@@ -202,7 +202,7 @@ def retry_until_done(
 
     retrying = Retrying(
         retry=retry_if_exception_type(Exception),  # every failure of the action
-        wait=wait_exponential_jitter(initial=initial_s, max=max_s, jitter=initial_s / 2),
+        wait=wait_exponential_jitter(multiplier=initial_s, max=max_s, jitter=initial_s / 2),
         stop=stop_never,
         sleep=pause,
         before_sleep=before_sleep,

@@ -58,7 +58,9 @@ class Backoff:
 
     def __init__(self, wait: wait_base | None = None) -> None:
         """Default: 0.25 s, 0.5 s, 1 s … capped at 10 s, plus up to 0.1 s of jitter."""
-        self._wait = wait or wait_exponential_jitter(initial=0.25, max=_MAX_BACKOFF_S, jitter=0.1)
+        self._wait = wait or wait_exponential_jitter(
+            multiplier=0.25, max=_MAX_BACKOFF_S, jitter=0.1
+        )
         self._state: RetryCallState | None = None
 
     @property
