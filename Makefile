@@ -25,7 +25,7 @@ help:
 	@echo "make lint   - ruff check, ruff format --check, mypy and lint-imports only"
 	@echo "make chaos  - the chaos suite alone"
 	@echo "make bench  - benchmarks (QUICK=1 for a short run)"
-	@echo "make generate - rewrite the generated files (dashboards, alert rules, tables)"
+	@echo "make generate - rewrite the generated files (dashboards, alert rules, tables, docs/cleaning.md)"
 	@echo "make crds     - regenerate crds/pipeline.yaml and docs/operator.md's spec table"
 	@echo "make cluster       - start a local Kubernetes control plane (kwok nodes); prints export KUBECONFIG=..."
 	@echo "make cluster-down  - stop it"
@@ -70,11 +70,12 @@ shellcheck:
 	@bash scripts/install-shellcheck.sh
 
 # Regenerate the committed generated files (dashboards, alert rules, metrics table,
-# README settings table); tests fail when they are stale.
+# README settings table, docs/cleaning.md); tests fail when they are stale.
 generate: install
 	$(BIN)/python -m cdcflow_build.dashboards --write
 	$(BIN)/python -m cdcflow.alerts --write
 	$(BIN)/python -c 'from tests.unit.test_docs import write; write()'
+	$(BIN)/cdcflow rules --markdown > docs/cleaning.md
 	$(BIN)/cdcflow-operator crd --write
 
 # RabbitMQ from Debian's package when missing (as root; otherwise it says what to run).
