@@ -39,9 +39,11 @@ from cdcflow.events import (
 )
 from cdcflow.health import Health
 from cdcflow.producer.changestream import (
+    ONE_EVENT_STRIPPED,
     OVERSIZE_GUARD,
     SPLIT_STAGE,
     ChangeReader,
+    measures_sizes,
     supports_split_events,
 )
 from cdcflow.producer.failures import FAILED_EVENT_CONTENT_TYPE
@@ -271,6 +273,86 @@ def test_too_large_event_reopens_with_the_guard_and_is_recorded():
     assert [w["resume_after"] for w in collection.watches] == [good_insert(1)["_id"]] * 2
     assert [r["reason"] for r in failed_records(publisher)] == ["event_too_large"]
     assert publisher.ops() == ["insert"]
+
+
+class ServerBefore44Stream(FakeStream):
+    """A MongoDB 4.2 stream: a getMore holding a too-large event fails whole (10334),
+    with the ordinary events before it; with ONE_EVENT_STRIPPED the event comes bare."""
+
+    def __init__(
+        self, events: list[dict[str, Any]], options: dict[str, Any], large: set[str], stop
+    ) -> None:
+        after = options["resume_after"]
+        ids = [e["_id"] for e in events]
+        start = ids.index(after) + 1 if after in ids else 0
+        super().__init__(events[start:], after, stop=stop)
+        self._batch = options["batch_size"]
+        self._stripped = ONE_EVENT_STRIPPED == (options["pipeline"] or [])[:2]
+        self._large = large
+        self._buffer: deque[dict[str, Any]] = deque()
+
+    def try_next(self) -> dict[str, Any] | None:
+        if not self._buffer:  # a getMore
+            batch = list(self._events)[: self._batch]
+            if self._stripped:
+                batch = [
+                    {**{k: v for k, v in e.items() if k != "fullDocument"}, OVERSIZE_MARK: True}
+                    for e in batch
+                ]
+            elif any(e["_id"]["_data"] in self._large for e in batch):
+                raise OperationFailure("BSONObj size: 17000000 is invalid", 10334, {"code": 10334})
+            for _ in batch:
+                self._events.popleft()
+            self._buffer.extend(batch)
+        if not self._buffer:
+            if self._stop is not None:
+                self._stop.set()
+            return None
+        event = self._buffer.popleft()
+        self._token = event["_id"]
+        return event
+
+
+def test_before_4_4_the_large_event_alone_loses_its_document():
+    """4.2 has no $bsonSize for the guard: the getMore that failed also held ordinary events,
+    so the reader reads one event per getMore until the large one fails alone, reads that
+    one bare (recorded), and goes back to normal batches after it: nothing else is lost."""
+    assert not measures_sizes("4.2.24") and measures_sizes("4.4.0") and measures_sizes(None)
+    events = [good_insert(n) for n in range(1, 7)]
+    large = {events[3]["_id"]["_data"]}  # the 4th: events 1-3 share its failed getMore
+    collection = FakeCollection()
+    collection.on_watch = lambda options: ServerBefore44Stream(
+        events,
+        options,
+        large,
+        collection.stop,  # type: ignore[attr-defined]
+    )
+
+    class Server42(FakeClient):
+        def server_info(self) -> dict[str, Any]:
+            return {"version": "4.2.24"}
+
+    offsets = FakeCollection()
+    offsets.offsets["media.views"] = {"_id": "media.views", "token": good_insert(0)["_id"]}
+    publisher, stop = FakePublisher(), threading.Event()
+    settings = Settings(mongo_collection="views", mongo_db="media", metrics_port=0)
+    producer = Producer(
+        settings,
+        Server42(collection, offsets),  # type: ignore[arg-type]
+        publisher,  # type: ignore[arg-type]
+        Health("producer"),
+        stop,
+    )
+    collection.stop = stop  # type: ignore[attr-defined]
+    producer.run()
+    producer.close()
+    watched = [(w["pipeline"], w["batch_size"]) for w in collection.watches]
+    normal = settings.stream_batch
+    assert watched == [(None, normal), (None, 1), (ONE_EVENT_STRIPPED, 1), (None, normal)]
+    assert [r["reason"] for r in failed_records(publisher)] == ["event_too_large"]
+    (record,) = failed_records(publisher)
+    assert record["token"] == events[3]["_id"]
+    assert publisher.ops() == ["insert"] * 5  # 1-3 read one by one, 5-6 in a batch again
 
 
 @pytest.mark.parametrize(

@@ -78,6 +78,14 @@ OVERSIZE_GUARD: list[dict[str, Any]] = [
 ]
 
 
+ONE_EVENT_STRIPPED: list[dict[str, Any]] = [
+    {"$addFields": {OVERSIZE_MARK: True}},
+    {"$project": {"fullDocument": 0, "updateDescription": 0}},
+]
+"""For a server without ``$bsonSize`` (before 4.4): opened with a batch of one, right
+before the event known to be too large, so that only that event loses its document."""
+
+
 class PoisonStream(HistoryLost):
     """The stream cannot go on past an event (pymongo refused an event without a token).
 
@@ -100,6 +108,19 @@ def supports_split_events(version: str | None) -> bool:
     numbers = (parts + [0, 0, 0])[:3]
     major, minor, patch = numbers
     return major >= 7 or ((major, minor) == (6, 0) and patch >= 9)
+
+
+def measures_sizes(version: str | None) -> bool:
+    """True for servers with ``$bsonSize`` (4.4 on), which :data:`OVERSIZE_GUARD` needs.
+
+    Unknown versions (nx-27017, which never sends an event too large) count as having it.
+    """
+    if not version:
+        return True
+    pieces = version.split("-")[0].split(".")[:2]
+    if len(pieces) < 2 or not all(piece.isdigit() for piece in pieces):
+        return True
+    return (int(pieces[0]), int(pieces[1])) >= (4, 4)
 
 
 def is_history_lost(error: BaseException) -> bool:
@@ -170,12 +191,23 @@ class ChangeReader:
     """
 
     def __init__(
-        self, collection: Collection[Event], *, batch_size: int, split_events: bool = False
+        self,
+        collection: Collection[Event],
+        *,
+        batch_size: int,
+        split_events: bool = False,
+        measures_sizes: bool = True,
     ) -> None:
         self._collection = collection
         self._batch_size = batch_size
         self._split_events = split_events  # the server has $changeStreamSplitLargeEvent
+        self._measures_sizes = measures_sizes  # the server has $bsonSize (OVERSIZE_GUARD)
         self._guard = False  # OVERSIZE_GUARD on, after a BSONObjectTooLarge
+        # Before 4.4, after a BSONObjectTooLarge: events one per getMore until the large one
+        # fails alone (_one_by_one), then that one event read without its document (_strip).
+        self._one_by_one = 0  # events left to read one by one; 0: normal batches
+        self._strip = False
+        self._reopen_after_strip = False
         self._stream: CollectionChangeStream[Event] | None = None
         self._cursor: Any = None  # pymongo's cursor under the stream: replaced on a resume
         self._resumed_from: Token | None = None
@@ -197,7 +229,7 @@ class ChangeReader:
                 pipeline=self.pipeline() or None,
                 full_document="updateLookup",
                 resume_after=resume_after,
-                batch_size=self._batch_size,
+                batch_size=1 if self._one_by_one else self._batch_size,
                 max_await_time_ms=_MAX_AWAIT_MS,
             )
         except OperationFailure as error:
@@ -214,6 +246,8 @@ class ChangeReader:
     def pipeline(self) -> list[dict[str, Any]]:
         """The stages the stream is opened with (split must be the last one)."""
         stages: list[dict[str, Any]] = []
+        if self._strip:
+            stages += ONE_EVENT_STRIPPED
         if self._guard:
             stages += OVERSIZE_GUARD
         if self._split_events:
@@ -243,6 +277,10 @@ class ChangeReader:
 
     def next(self) -> Event | None:
         """The next whole event, or None if the server had none right now."""
+        if self._reopen_after_strip:
+            # The large event went out without its document: back to normal batches after it.
+            self._reopen_after_strip = False
+            self._reopen(self.resume_token)
         stream = self._stream
         if stream is None:
             raise RuntimeError("ChangeReader.next() before open()")
@@ -262,6 +300,12 @@ class ChangeReader:
             self._notice_resume(stream)
             if event is None:
                 return None
+            if self._strip:
+                self._strip, self._one_by_one, self._reopen_after_strip = False, 0, True
+            elif self._one_by_one:
+                self._one_by_one -= 1
+                if not self._one_by_one:  # no event failed alone (it may have shrunk since)
+                    self._reopen_after_strip = True
             if self._resumed_from is not None:
                 resumed_from, self._resumed_from = self._resumed_from, None
                 first = event.get("_id")
@@ -302,10 +346,12 @@ class ChangeReader:
 
     def _reopen_guarded(self, error: OperationFailure) -> CollectionChangeStream[Event]:
         """After BSONObjectTooLarge: reopen after the last event read, with the guard."""
-        if self._guard or self._split_events:
+        if self._guard or self._split_events or self._strip:
             # Even trimmed (or split) the event cannot be sent: only a snapshot helps.
             raise HistoryLost(f"a change event cannot be read even without its document: {error}")
         token = self.resume_token
+        if not self._measures_sizes:
+            return self._reopen_before_4_4(token)
         log.warning(
             "a change event is over MongoDB's 16 MB limit and this server cannot split it "
             "(needs 6.0.9 or 7.0+): reopening the stream after %s with a stage that leaves "
@@ -314,6 +360,27 @@ class ChangeReader:
             extra={"stage": "producer", "service": "mongodb", "reason": "event_too_large"},
         )
         self._guard = True
+        return self._reopen(token)
+
+    def _reopen_before_4_4(self, token: Token | None) -> CollectionChangeStream[Event]:
+        """No ``$bsonSize``: the failed getMore may also have held ordinary events before
+        the large one, so read one event per getMore until the large one fails alone, then
+        read just that one without its document (recorded, like the guard's)."""
+        if not self._one_by_one:
+            log.warning(
+                "a change event is over MongoDB's 16 MB limit and this server (before 4.4) "
+                "can neither split nor measure it: reading events one by one after %s to "
+                "find it; it is recorded in the failed queue without its document",
+                token_data(token) if token else "the stream start",
+                extra={"stage": "producer", "service": "mongodb", "reason": "event_too_large"},
+            )
+            self._one_by_one = max(1, self._batch_size)
+        else:
+            self._strip = True
+        return self._reopen(token)
+
+    def _reopen(self, token: Token | None) -> CollectionChangeStream[Event]:
+        """Open again after ``token``, keeping the history-gap check of the first open."""
         resumed_from = self._resumed_from
         self.open(resume_after=token)
         self._resumed_from = resumed_from

@@ -61,6 +61,7 @@ from cdcflow.producer.amqp import batch_entry, message_entry
 from cdcflow.producer.changestream import (
     ChangeReader,
     PoisonStream,
+    measures_sizes,
     snapshot_batches,
     supports_split_events,
 )
@@ -204,10 +205,12 @@ class Producer:
         self.stop = stop
         self.collection = client[settings.mongo_db][settings.mongo_collection]
         self.offsets = OffsetStore(client, settings)
+        version = _server_version(client)
         self.reader = ChangeReader(
             self.collection,
             batch_size=settings.stream_batch,
-            split_events=supports_split_events(_server_version(client)),
+            split_events=supports_split_events(version),
+            measures_sizes=measures_sizes(version),
         )
         self.stats = ProducerStats()
         export_reason_series()
