@@ -287,7 +287,7 @@ class ServerBefore44Stream(FakeStream):
         start = ids.index(after) + 1 if after in ids else 0
         super().__init__(events[start:], after, stop=stop)
         self._batch = options["batch_size"]
-        self._stripped = ONE_EVENT_STRIPPED == (options["pipeline"] or [])[:2]
+        self._stripped = (options["pipeline"] or [])[:2] == ONE_EVENT_STRIPPED
         self._large = large
         self._buffer: deque[dict[str, Any]] = deque()
 
