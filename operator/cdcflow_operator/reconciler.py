@@ -56,9 +56,25 @@ def spec_hash(body: Any) -> str:
     ).hexdigest()[:12]
 
 
-def _write_status(cluster: Cluster, body: Any, pipeline_status: PipelineStatus) -> dict[str, Any]:
+OBSERVED_FIELDS = ("queueDepth", "captureLagSeconds", "resumeTokenAgeSeconds")
+OBSERVED_SCALING_FIELDS = ("depthSource",)
+"""Status fields read from the world on each reconcile. The status is a merge patch, in
+which an absent key keeps the stored value: when a read fails these are sent as explicit
+nulls, so the status shows "unknown" instead of the last value ever read."""
+
+
+def _write_status(
+    cluster: Cluster, body: Any, pipeline_status: PipelineStatus, *, observed: bool = False
+) -> dict[str, Any]:
+    """Merge-patch the status; ``observed`` clears the observed fields that are unknown."""
     meta = body["metadata"]
     payload = pipeline_status.model_dump(by_alias=True, mode="json", exclude_none=True)
+    if observed:
+        for key in OBSERVED_FIELDS:
+            payload.setdefault(key, None)
+        scaling_payload = payload.setdefault("scaling", {})
+        for key in OBSERVED_SCALING_FIELDS:
+            scaling_payload.setdefault(key, None)
     cluster.patch_status(meta["namespace"], meta["name"], payload)
     return payload
 
@@ -264,7 +280,9 @@ def reconcile(
         reconciled_spec_hash=spec_hash(body),
     )
     new = new.model_copy(update={"phase": status.phase(conditions)})
-    outcome = Outcome(_write_status(cluster, body, new), actions, decision, failures=failures)
+    outcome = Outcome(
+        _write_status(cluster, body, new, observed=True), actions, decision, failures=failures
+    )
     if failures:
         raise ApplyFailed(failures)
     return outcome

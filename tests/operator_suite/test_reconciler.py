@@ -140,3 +140,32 @@ def test_the_servers_own_message_is_what_the_status_shows() -> None:
     )
     text = str(kube._error("apply StatefulSet ns/p-rabbitmq", error))
     assert text == f"apply StatefulSet ns/p-rabbitmq: HTTP 422: {IMMUTABLE}"
+
+
+def test_observed_fields_are_cleared_when_reads_fail() -> None:
+    cluster = FakeCluster()
+    cluster.status = {
+        "captureLagSeconds": 3.5,
+        "resumeTokenAgeSeconds": 9.0,
+    }  # from a producer that answered before
+    cluster.run(reads(0))  # the first reconcile makes the broker's credentials Secret
+    cluster.run(reads(42))
+    assert cluster.status["queueDepth"] == 42
+    assert cluster.status["scaling"]["depthSource"] == "rabbitmq-management test"
+    assert "captureLagSeconds" not in cluster.status  # no producer pod answers here
+    cluster.run(fails, now=1100.0)  # a later poll: the broker does not answer
+    for key in reconciler.OBSERVED_FIELDS:
+        assert key not in cluster.status, key
+    assert "depthSource" not in cluster.status["scaling"]
+    assert cluster.status["scaling"]["failedReads"] == 1  # the rest of scaling is kept
+
+
+def test_a_paused_pipeline_keeps_what_was_last_observed() -> None:
+    cluster = FakeCluster()
+    cluster.run(reads(0))
+    cluster.run(reads(7))
+    paused = body("p", {**SPECS["defaults"], "paused": True})
+    paused["status"] = copy.deepcopy(cluster.status)
+    reconciler.reconcile(paused, cluster, 1200.0, read_depth=fails)  # type: ignore[arg-type]
+    assert cluster.status["queueDepth"] == 7
+    assert condition(cluster.status, "Paused")["status"] == "True"
