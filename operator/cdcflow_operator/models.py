@@ -376,7 +376,10 @@ class ScalingSpec(Model):
         "used as is instead of targetChangesPerReplica.",
     )
     activation_threshold: int = Field(
-        0, ge=0, description="From zero, scale up only when depth exceeds this."
+        0,
+        ge=0,
+        description="From zero replicas, scale up only when depth exceeds this (running "
+        "consumers are not stopped by it: they scale to zero only on an empty queue).",
     )
     scale_up_stabilization_seconds: int = Field(
         0, ge=0, le=3600, description="Scale up to the lowest recommendation of this window."
