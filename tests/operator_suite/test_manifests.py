@@ -177,3 +177,17 @@ def test_schema_job_is_renamed_by_any_change_to_its_pod_template() -> None:
     unrelated = job({**base, "scaling": {"maxReplicas": 7}, "paused": True})
     assert unrelated["metadata"]["name"] == names["base"]
     assert unrelated["metadata"]["name"].startswith("p-schema-")
+
+
+def test_each_statefulset_is_governed_by_a_headless_service() -> None:
+    """A StatefulSet's serviceName must name a headless Service (stable pod DNS names);
+    a ClusterIP Service there gives the pods none."""
+    for name in ("defaults", "three-node-broker"):
+        built = children(name)
+        services = {m["metadata"]["name"]: m for m in built if m["kind"] == "Service"}
+        sets = [m for m in built if m["kind"] == "StatefulSet"]
+        assert len(sets) == 2
+        for statefulset in sets:
+            governing = services[statefulset["spec"]["serviceName"]]
+            assert governing["spec"]["clusterIP"] == "None"
+            assert governing["spec"]["selector"] == statefulset["spec"]["selector"]["matchLabels"]
