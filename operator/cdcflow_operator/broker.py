@@ -26,9 +26,18 @@ class DepthReadError(Exception):
     """The depth could not be read; the message says from where and why."""
 
 
+def _amqp(amqp_url: str) -> ServiceUrl:
+    """An amqp(s):// URL with a host; ValueError (without the URL: it may hold a
+    password) for anything else."""
+    url = ServiceUrl.parse(amqp_url)
+    if url.scheme not in ("amqp", "amqps") or not url.host:
+        raise ValueError("not an amqp:// or amqps:// URL with a host")
+    return url
+
+
 def management_url_from_amqp(amqp_url: str) -> str:
     """The management API of the host an AMQP URL names, with the same login."""
-    url = ServiceUrl.parse(amqp_url)
+    url = _amqp(amqp_url)
     login = ""
     if url.username:
         password = url.password.get_secret_value() if url.password else ""
@@ -41,7 +50,7 @@ def management_url_from_amqp(amqp_url: str) -> str:
 
 def vhost_of(amqp_url: str) -> str:
     """The vhost an AMQP URL's path names (``/`` when empty)."""
-    path = ServiceUrl.parse(amqp_url).path.lstrip("/")
+    path = _amqp(amqp_url).path.lstrip("/")
     return urllib.parse.unquote(path) if path else "/"
 
 
@@ -52,7 +61,16 @@ def read_depth(
 
     A queue that does not exist yet (nothing declared it) has depth 0.
     """
-    url = ServiceUrl.parse(management_url)
+    try:
+        url = ServiceUrl.parse(management_url)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError("not an http:// or https:// URL with a host")
+    except ValueError as error:
+        # A malformed URL in a Secret is a failed read the status reports, not a crash
+        # of the reconcile (which would then write no status at all).
+        raise DepthReadError(
+            scrub(f"rabbitmq-management: the management URL is malformed: {error}")
+        ) from None
     where = f"{url.scheme}://{url.host}:{url.port or DEFAULT_MANAGEMENT_PORT}"
     path = f"api/queues/{urllib.parse.quote(vhost, safe='')}/{urllib.parse.quote(queue, safe='')}"
     request = urllib.request.Request(f"{where}/{path}")

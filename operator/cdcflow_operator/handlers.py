@@ -4,7 +4,9 @@ kopf keeps its progress and last-handled spec in annotations (``cdcflow.io/...``
 never in ``status``, which belongs to the reconciler. Transient API failures are
 ``TemporaryError`` (kopf retries with backoff); an invalid spec is ``PermanentError``
 on create/update (nothing to retry until the spec changes) and is re-checked by
-the timer, so a fixed Secret or spec is picked up without an edit.
+the timer, so a fixed Secret or spec is picked up without an edit. A child the server
+refuses is reported in the status first (``Reconciled=False, reason=ApplyFailed``), then
+mapped the same way.
 """
 
 from __future__ import annotations
@@ -55,6 +57,13 @@ def _run(body: Any, *, scale: bool, permanent: bool) -> None:
         if permanent:
             raise kopf.PermanentError(f"invalid spec: {error}") from None
         log.warning("invalid spec: %s", error)
+    except reconciler.ApplyFailed as error:
+        # The status already says Reconciled=False, ApplyFailed, with the server's words.
+        if error.temporary:
+            raise kopf.TemporaryError(str(error), delay=10) from None
+        if permanent:
+            raise kopf.PermanentError(f"a child was refused: {error}") from None
+        log.warning("a child was refused: %s", error)
     except kube.KubeError as error:
         if error.temporary:
             raise kopf.TemporaryError(str(error), delay=10) from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import json
 import os
 import uuid
 from typing import Any
@@ -53,11 +54,25 @@ class KubeError(Exception):
 def _error(what: str, error: Exception) -> KubeError:
     status = getattr(error, "status", None)
     body = getattr(error, "body", None) or getattr(error, "summary", lambda: "")()
-    text = f"{what}: HTTP {status}: {str(body)[:500]}"
+    text = f"{what}: HTTP {status}: {_server_message(body)[:500]}"
     if status == 403:
         text += " (the operator's ServiceAccount lacks this permission: see its ClusterRole)"
     temporary = status is None or status in (409, 429) or status >= 500 or status == 403
     return KubeError(text, temporary=temporary, status=status)
+
+
+def _server_message(body: Any) -> str:
+    """The API server's own sentence from a Status body (what a person reads in
+    ``kubectl``), else the body as text."""
+    if isinstance(body, bytes):
+        body = body.decode(errors="replace")
+    try:
+        parsed = json.loads(body) if isinstance(body, str) else body
+    except ValueError:
+        return str(body)
+    if isinstance(parsed, dict) and isinstance(parsed.get("message"), str):
+        return str(parsed["message"])
+    return str(body)
 
 
 def api_client(kubeconfig: str | None = None) -> Any:

@@ -47,6 +47,20 @@ class Model(BaseModel):
     )
 
 
+def _volumes_fixed(component: str, what: str) -> tuple[str, str]:
+    """A CEL transition rule: ``storage`` and ``storageClassName`` of a StatefulSet's
+    volumes cannot change. volumeClaimTemplates are immutable, so the server would refuse
+    the StatefulSet and the Pipeline would be stuck; refusing the edit says why at once."""
+    return (
+        "self.storage == oldSelf.storage && "
+        "has(self.storageClassName) == has(oldSelf.storageClassName) && "
+        "(!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)",
+        f"{component}.storage and {component}.storageClassName cannot change: the {what} "
+        "StatefulSet's volumeClaimTemplates are immutable (resize its PersistentVolumeClaims "
+        "by hand, or create a new Pipeline)",
+    )
+
+
 def rules(*pairs: tuple[str, str]) -> ConfigDict:
     """CEL rules (``x-kubernetes-validations``) a model's CRD schema carries.
 
@@ -189,6 +203,8 @@ class SourceSpec(_SourceBase):  # type: ignore[misc,valid-type]
 class ManagedBroker(Model):
     """A RabbitMQ StatefulSet owned by the Pipeline: quorum queues, Kubernetes peer discovery."""
 
+    model_config = rules(_volumes_fixed("broker.managed", "RabbitMQ"))
+
     replicas: Literal[1, 3] = Field(
         1, description="RabbitMQ nodes: 1, or 3 for quorum queues that survive a node."
     )
@@ -235,6 +251,8 @@ class BrokerSpec(_BrokerBase):  # type: ignore[misc,valid-type]
 
 class ManagedWarehouse(Model):
     """A ClickHouse server StatefulSet owned by the Pipeline."""
+
+    model_config = rules(_volumes_fixed("warehouse.managed", "ClickHouse"))
 
     image: str = Field(DEFAULT_CLICKHOUSE_IMAGE, description="ClickHouse server image.")
     storage: Quantity = Field("20Gi", description="Data volume (PersistentVolumeClaim).")
@@ -358,7 +376,10 @@ class ScalingSpec(Model):
         "used as is instead of targetChangesPerReplica.",
     )
     activation_threshold: int = Field(
-        0, ge=0, description="From zero, scale up only when depth exceeds this."
+        0,
+        ge=0,
+        description="From zero replicas, scale up only when depth exceeds this (running "
+        "consumers are not stopped by it: they scale to zero only on an empty queue).",
     )
     scale_up_stabilization_seconds: int = Field(
         0, ge=0, le=3600, description="Scale up to the lowest recommendation of this window."

@@ -15,6 +15,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from cdcflow import metrics, naming
+from cdcflow.urls import scrub
 from cdcflow_operator import broker
 from cdcflow_operator.kube import Cluster
 from cdcflow_operator.manifests.common import (
@@ -148,7 +149,11 @@ def observe(
 
 
 def _observe_depth(pipeline: Pipeline, cluster: Cluster, seen: Observed, read: DepthReader) -> None:
-    endpoint = management_endpoint(pipeline, cluster)
+    try:
+        endpoint = management_endpoint(pipeline, cluster)
+    except ValueError as error:  # a malformed URL in a Secret: report it, do not crash
+        seen.read_error = scrub(f"the broker's URL in its Secret is malformed: {error}")
+        return
     if endpoint is None:
         seen.read_error = "the broker's URL Secret is missing"
         return

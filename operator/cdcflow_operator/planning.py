@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from kubernetes.utils import parse_quantity
+
 from cdcflow_operator.manifests import Manifest
 
 Key = tuple[str, str]
@@ -57,9 +59,22 @@ def drift(desired: Any, live: Any, path: str = "") -> str | None:
             if found is not None:
                 return found
         return None
-    if desired != live and str(desired) != str(live):
+    if desired != live and str(desired) != str(live) and not _same_quantity(path, desired, live):
         return path
     return None
+
+
+def _same_quantity(path: str, desired: Any, live: Any) -> bool:
+    """Quantities the server has normalised are not drift: it stores ``0.5`` as ``500m``,
+    ``1024Mi`` as ``1Gi`` and ``1000m`` as ``1``, so comparing strings would re-apply such
+    a child on every tick. Only resource requests/limits and storage are quantities."""
+    parts = path.split(".")
+    if not (len(parts) >= 2 and parts[-2] in ("requests", "limits")) and parts[-1] != "storage":
+        return False
+    try:
+        return bool(parse_quantity(desired) == parse_quantity(live))  # type: ignore[no-untyped-call]
+    except (ValueError, TypeError):
+        return False
 
 
 def key_of(manifest: Manifest) -> Key:

@@ -17,7 +17,7 @@ from typing import Any
 
 from cdcflow import naming
 from cdcflow_operator import manifests, observation, planning, scaling, status, validation
-from cdcflow_operator.kube import Cluster
+from cdcflow_operator.kube import Cluster, KubeError
 from cdcflow_operator.manifests import clickhouse, rabbitmq
 from cdcflow_operator.models import ConsumersStatus, Pipeline, PipelineStatus
 
@@ -28,6 +28,17 @@ class InvalidSpec(Exception):
     """The spec cannot be reconciled; the message says what to change."""
 
 
+class ApplyFailed(Exception):
+    """The API server refused (or failed) one or more children; raised after the status
+    says so (``Reconciled=False, reason=ApplyFailed``) and every other child was tried.
+    ``temporary`` when retrying any of them may help (kopf then backs off and retries)."""
+
+    def __init__(self, errors: list[KubeError]) -> None:
+        super().__init__("; ".join(str(e) for e in errors))
+        self.errors = errors
+        self.temporary = any(e.temporary for e in errors)
+
+
 @dataclass
 class Outcome:
     """What one reconcile did: the status written, the actions, the scale decision."""
@@ -36,6 +47,7 @@ class Outcome:
     actions: list[planning.Action] = field(default_factory=list)
     decision: scaling.ScaleDecision | None = None
     problems: list[str] = field(default_factory=list)
+    failures: list[KubeError] = field(default_factory=list)
 
 
 def spec_hash(body: Any) -> str:
@@ -44,9 +56,25 @@ def spec_hash(body: Any) -> str:
     ).hexdigest()[:12]
 
 
-def _write_status(cluster: Cluster, body: Any, pipeline_status: PipelineStatus) -> dict[str, Any]:
+OBSERVED_FIELDS = ("queueDepth", "captureLagSeconds", "resumeTokenAgeSeconds")
+OBSERVED_SCALING_FIELDS = ("depthSource",)
+"""Status fields read from the world on each reconcile. The status is a merge patch, in
+which an absent key keeps the stored value: when a read fails these are sent as explicit
+nulls, so the status shows "unknown" instead of the last value ever read."""
+
+
+def _write_status(
+    cluster: Cluster, body: Any, pipeline_status: PipelineStatus, *, observed: bool = False
+) -> dict[str, Any]:
+    """Merge-patch the status; ``observed`` clears the observed fields that are unknown."""
     meta = body["metadata"]
     payload = pipeline_status.model_dump(by_alias=True, mode="json", exclude_none=True)
+    if observed:
+        for key in OBSERVED_FIELDS:
+            payload.setdefault(key, None)
+        scaling_payload = payload.setdefault("scaling", {})
+        for key in OBSERVED_SCALING_FIELDS:
+            scaling_payload.setdefault(key, None)
     cluster.patch_status(meta["namespace"], meta["name"], payload)
     return payload
 
@@ -141,7 +169,9 @@ def reconcile(
 
     desired = manifests.build_all(pipeline, replicas)
     actions = planning.plan(desired, seen.children, observation.owned_children(seen, pipeline.uid))
-    _apply(pipeline, cluster, actions)
+    failures, refused = _apply(pipeline, cluster, actions)
+    if ("Deployment", pipeline.child(naming.CONSUMER)) in refused:
+        replicas = current  # the refused Deployment still runs the old count
 
     scaled = replicas != current
     scaling_status = previous.scaling
@@ -170,7 +200,7 @@ def reconcile(
             f"consumers {current} -> {replicas}: {decision.message}",
         )
     for action in actions:
-        if action.verb == "repair":
+        if action.verb == "repair" and (action.kind, action.name) not in refused:
             cluster.event(
                 pipeline.namespace,
                 pipeline.name,
@@ -182,15 +212,25 @@ def reconcile(
 
     components = {c: seen.components.get(c) for c in _expected_components(pipeline)}
     not_ready = [c for c, s in components.items() if s is None or not s.ok]
-    fresh = [a for a in actions if a.verb != "delete"]
-    cond(
-        status.RECONCILED,
-        "True",
-        "Applied" if actions else "UpToDate",
-        f"{len(fresh)} children applied, {len(actions) - len(fresh)} deleted"
-        if actions
-        else "every child matches the spec",
-    )
+    done = [a for a in actions if (a.kind, a.name) not in refused]
+    fresh = [a for a in done if a.verb != "delete"]
+    if failures:
+        cond(
+            status.RECONCILED,
+            "False",
+            "ApplyFailed",
+            f"{len(failures)} of {len(actions)} children refused: "
+            + "; ".join(str(e) for e in failures),
+        )
+    else:
+        cond(
+            status.RECONCILED,
+            "True",
+            "Applied" if actions else "UpToDate",
+            f"{len(fresh)} children applied, {len(done) - len(fresh)} deleted"
+            if actions
+            else "every child matches the spec",
+        )
     if seen.missing_secrets:
         cond(
             status.DEGRADED,
@@ -203,7 +243,9 @@ def reconcile(
     else:
         cond(status.DEGRADED, "False", "AsExpected", "no problem seen")
     ready_count = sum(1 for c in components.values() if c is not None and c.ok)
-    if not_ready or actions:
+    if failures:
+        cond(status.READY, "False", "ApplyFailed", "a child was refused: see Reconciled")
+    elif not_ready or actions:
         cond(
             status.READY,
             "False",
@@ -238,7 +280,12 @@ def reconcile(
         reconciled_spec_hash=spec_hash(body),
     )
     new = new.model_copy(update={"phase": status.phase(conditions)})
-    return Outcome(_write_status(cluster, body, new), actions, decision)
+    outcome = Outcome(
+        _write_status(cluster, body, new, observed=True), actions, decision, failures=failures
+    )
+    if failures:
+        raise ApplyFailed(failures)
+    return outcome
 
 
 def _expected_components(pipeline: Pipeline) -> list[str]:
@@ -264,10 +311,23 @@ def _ensure_credentials(pipeline: Pipeline, cluster: Cluster, seen: observation.
         cluster.create_secret(clickhouse.credentials_secret(pipeline, secrets.token_urlsafe(24)))
 
 
-def _apply(pipeline: Pipeline, cluster: Cluster, actions: list[planning.Action]) -> None:
+def _apply(
+    pipeline: Pipeline, cluster: Cluster, actions: list[planning.Action]
+) -> tuple[list[KubeError], set[planning.Key]]:
+    """Every action is tried: one refused child (an immutable field, a quota) must not
+    hold back the others, such as the producer or consumer update. Returns the errors
+    and the (kind, name) of the children they were for."""
+    errors: list[KubeError] = []
+    failed: set[planning.Key] = set()
     for action in actions:
         log.info("%s/%s: %s", pipeline.namespace, pipeline.name, action.describe())
-        if action.verb == "delete":
-            cluster.delete(action.api_version, action.kind, pipeline.namespace, action.name)
-        elif action.manifest is not None:
-            cluster.apply(action.manifest)
+        try:
+            if action.verb == "delete":
+                cluster.delete(action.api_version, action.kind, pipeline.namespace, action.name)
+            elif action.manifest is not None:
+                cluster.apply(action.manifest)
+        except KubeError as error:
+            log.warning("%s/%s: %s", pipeline.namespace, pipeline.name, error)
+            errors.append(error)
+            failed.add((action.kind, action.name))
+    return errors, failed

@@ -13,9 +13,11 @@ keep asking for. In order:
    message carries many changes (the producer packs them), so the target is set in
    changes and turned into messages with the changes per message the consumers
    observe (:func:`messages_per_replica`).
-4. **Recommendation** ``ceil(depth / messages per replica)``; when depth is at or
-   below ``activationThreshold`` the scaler is inactive and recommends 0 (KEDA's
-   activation), and the recommendation is clamped to [min, max].
+4. **Recommendation** ``ceil(depth / messages per replica)``, clamped to [min, max].
+   ``activationThreshold`` gates only the way up from zero: with no consumer running,
+   depth at or below it recommends 0 (KEDA's activation). Running consumers are not
+   stopped by it: they go to zero only when the queue is empty, so a depth hovering
+   around the threshold does not start and stop them in turn.
 5. **Never to zero while messages are unacknowledged** (KEDA's scale-to-zero requeue
    loop: killing the last consumer requeues its unacked messages, which activates the
    scaler again): at least one replica while ``unacked > 0``.
@@ -104,21 +106,25 @@ def messages_per_replica(spec: ScalingSpec, changes_per_message: float | None) -
     return max(1.0, spec.target_changes_per_replica / ratio)
 
 
-def recommend(reading: DepthReading, spec: ScalingSpec) -> int:
-    """Steps 3-5: the raw recommendation for one reading, clamped to [min, max]."""
+def recommend(reading: DepthReading, spec: ScalingSpec, current: int) -> int:
+    """Steps 3-5: the raw recommendation for one reading, clamped to [min, max].
+
+    ``current`` is the running count: the activation threshold applies only at zero.
+    """
     depth = reading.depth
     target = messages_per_replica(spec, reading.changes_per_message)
-    raw = 0 if depth <= spec.activation_threshold else math.ceil(depth / target)
+    dormant = current == 0 and depth <= spec.activation_threshold
+    raw = 0 if dormant else math.ceil(depth / target)
     if reading.unacked > 0:
         raw = max(raw, 1)
     return _clamp(raw, spec.min_replicas, spec.max_replicas)
 
 
-def _held_for_unacked(reading: DepthReading, spec: ScalingSpec) -> bool:
+def _held_for_unacked(reading: DepthReading, spec: ScalingSpec, current: int) -> bool:
     """Step 5 is what keeps a replica: without the unacked messages it would be zero."""
     if reading.unacked == 0 or spec.min_replicas > 0:
         return False
-    return recommend(replace(reading, unacked=0), spec) == 0
+    return recommend(replace(reading, unacked=0), spec, current) == 0
 
 
 def _drain_floor(reading: DepthReading, current: int, spec: ScalingSpec) -> int:
@@ -169,7 +175,7 @@ def desired_replicas(
             kept,
         )
 
-    rec = recommend(reading, spec)
+    rec = recommend(reading, spec, current)
     horizon = max(spec.scale_up_stabilization_seconds, spec.scale_down_stabilization_seconds)
     kept_recs = tuple((t, r) for t, r in history.recommendations if now - t < horizon)
     new_history = History(recommendations=(*kept_recs, (now, rec)), failed_reads=0)
@@ -214,7 +220,11 @@ def desired_replicas(
         message = f"{depth_text}: {current} -> {stepped} replicas"
     if stepped != target:
         message += f", limited by maxStep {spec.max_step} (wanted {target})"
-    if reason in ("Steady", "Stabilizing") and stepped >= 1 and _held_for_unacked(reading, spec):
+    if (
+        reason in ("Steady", "Stabilizing")
+        and stepped >= 1
+        and _held_for_unacked(reading, spec, current)
+    ):
         reason = "UnackedMessages"
         message = f"{depth_text}: not scaling to zero while messages are unacknowledged"
     return ScaleDecision(stepped, reason, message, new_history, rec)

@@ -69,7 +69,7 @@ def phase(conditions: list[Condition]) -> str:
     if is_true(conditions, PAUSED):
         return "Paused"
     ready = get(conditions, READY)
-    if ready is not None and ready.reason == "InvalidSpec":
+    if ready is not None and ready.reason in ("InvalidSpec", "ApplyFailed"):
         return "Failed"
     if is_true(conditions, DEGRADED):
         return "Degraded"

@@ -89,11 +89,19 @@ def validate(pipeline: Pipeline) -> list[str]:
             "of dead-letter queues: choose another name"
         )
     for where, resources in _resources(spec):
+        # Requests are checked with or without a limit: a bad request alone is refused by
+        # the server only when the Deployment is applied, too late for InvalidSpec.
+        for kind, values in (("requests", resources.requests), ("limits", resources.limits)):
+            for name, value in values.items():
+                if quantity(value) is None:
+                    problems.append(
+                        f"spec.{where}.resources.{kind}.{name}: {value!r} is not a Kubernetes "
+                        "quantity such as 500m or 1Gi"
+                    )
         for name, limit in resources.limits.items():
             request = resources.requests.get(name)
-            if quantity(limit) is None or (request is not None and quantity(request) is None):
-                problems.append(f"spec.{where}.resources.{name}: not a Kubernetes quantity")
-            elif request is not None and quantity(request) > quantity(limit):  # type: ignore[operator]
+            low, high = quantity(request) if request is not None else None, quantity(limit)
+            if low is not None and high is not None and low > high:
                 problems.append(
                     f"spec.{where}.resources: {name} request {request} exceeds its limit {limit}"
                 )

@@ -20,10 +20,14 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from cdcflow import alerts
+from cdcflow import alerts, naming
 from cdcflow_operator import __main__ as operator_cli
 from cdcflow_operator import chart, crd, rbac
+from cdcflow_operator.manifests import build_all, rabbitmq
+from cdcflow_operator.manifests.policies import build_network_policies
+from cdcflow_operator.models import Pipeline
 from tests.chart.conftest import ALL_ON, CHART, Helm
+from tests.operator_suite.specs import SPECS, body
 
 VERSIONS = [f"1.{minor}" for minor in range(32, 38)]
 CUSTOM_KINDS = {"Pipeline", "PodMonitor", "PrometheusRule"}
@@ -136,6 +140,54 @@ def test_cluster_role_is_exactly_the_operators_rules(
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": "ops"}]
     pod = one(objects, "Deployment")["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == account
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A label selector (matchLabels only, as the policies use) matches these labels."""
+    assert set(selector) == {"matchLabels"}, selector
+    return all(labels.get(k) == v for k, v in selector["matchLabels"].items())
+
+
+@pytest.mark.parametrize(
+    "values",
+    [None, ALL_ON, {"nameOverride": "cdc", "fullnameOverride": "custom-op"}],
+    ids=["defaults", "all-on", "renamed"],
+)
+def test_pipeline_network_policies_admit_the_charts_operator_pod(
+    helm: Helm, values: dict[str, Any] | None
+) -> None:
+    """The broker's and producer's policies let the operator read depth and lag only if
+    their operator podSelector matches the pod the chart actually runs: render both."""
+    objects = helm.render(values, release="shop", namespace="ops")
+    operator_pod = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    pipeline = Pipeline.from_body(
+        body("p", {**SPECS["three-node-broker"], "broker": {"managed": {"replicas": 1}}})
+    )
+    policies = {
+        p["metadata"]["labels"][naming.COMPONENT_LABEL]: p["spec"]
+        for p in build_network_policies(pipeline)
+    }
+    for component, port in (
+        (naming.BROKER, rabbitmq.MANAGEMENT_PORT),
+        (naming.PRODUCER, naming.METRICS_PORT),
+    ):
+        operator_rules = [
+            peer
+            for rule in policies[component]["ingress"]
+            if any(p["port"] == port for p in rule.get("ports", []))
+            for peer in rule["from"]
+            if "podSelector" in peer
+        ]
+        assert operator_rules, f"no rule admits the operator to {component}:{port}"
+        for peer in operator_rules:
+            assert _selects(peer["podSelector"], operator_pod), (peer, operator_pod)
+    # ...and no Pipeline child is taken for the operator.
+    for manifest in build_all(pipeline, 2):
+        template = manifest.get("spec", {}).get("template")
+        if template is not None:
+            assert not _selects(
+                {"matchLabels": dict(naming.OPERATOR_POD_LABELS)}, template["metadata"]["labels"]
+            )
 
 
 def test_operator_deployment_is_hardened_and_probed(defaults: list[dict[str, Any]]) -> None:

@@ -135,6 +135,35 @@ def test_source_collection_cannot_change(pipelines: Pipelines) -> None:
     assert "cannot change: create a new Pipeline" in api_message(raised.value)
 
 
+@pytest.mark.parametrize(
+    ("name", "part", "managed", "change"),
+    [
+        ("vol-b-size", "broker", {"storage": "2Gi"}, {"storage": "3Gi"}),
+        ("vol-b-class", "broker", {"storage": "2Gi"}, {"storageClassName": "fast"}),
+        (
+            "vol-w-class",
+            "warehouse",
+            {"storage": "2Gi", "storageClassName": "slow"},
+            {"storageClassName": "fast"},
+        ),
+        ("vol-w-size", "warehouse", {"storage": "2Gi"}, {"storage": "4Gi"}),
+    ],
+)
+def test_statefulset_volumes_cannot_change(
+    pipelines: Pipelines, name: str, part: str, managed: dict[str, Any], change: dict[str, Any]
+) -> None:
+    """volumeClaimTemplates are immutable: the server refuses the edit, saying why,
+    instead of accepting a spec the operator could never apply (other fields still can)."""
+    pipelines.create(name, {"source": MONGO, part: {"managed": managed}})
+    pipelines.patch(
+        name, {"spec": {part: {"managed": {"resources": {"limits": {"memory": "2Gi"}}}}}}
+    )
+    with pytest.raises(ApiException) as raised:
+        pipelines.patch(name, {"spec": {part: {"managed": change}}})
+    message = api_message(raised.value)
+    assert f"{part}.managed.storage and {part}.managed.storageClassName cannot change" in message
+
+
 @pytest.mark.parametrize("name", sorted(SPECS))
 def test_every_child_is_accepted_by_the_server(
     control_plane: ControlPlane, shared_namespace: str, name: str

@@ -10,9 +10,9 @@ import pytest
 
 from cdcflow import naming
 from cdcflow_operator.manifests import build_all
-from cdcflow_operator.manifests.workers import build_consumer, build_producer
+from cdcflow_operator.manifests.workers import build_consumer, build_producer, build_schema_job
 from cdcflow_operator.models import DEFAULT_FLINK_IMAGE, DEFAULT_IMAGE, Pipeline
-from tests.operator_suite.specs import SPECS, body
+from tests.operator_suite.specs import MONGO, SPECS, body
 
 VERSIONS = ["1.32", "1.33", "1.34", "1.35", "1.36", "1.37"]
 
@@ -153,3 +153,41 @@ def test_network_policies_allow_only_the_architecture_flows() -> None:
     assert "clickhouse" not in producer_to and "rabbitmq" in producer_to
     for spec in policies.values():
         assert spec["policyTypes"] == ["Ingress", "Egress"]
+
+
+def test_schema_job_is_renamed_by_any_change_to_its_pod_template() -> None:
+    """A Job's pod template is immutable: every change to it must make a new Job (a new
+    name), or the apply is refused and the Pipeline stays stuck; other changes must not."""
+
+    def job(spec: dict[str, Any]) -> dict[str, Any]:
+        built = build_schema_job(Pipeline.from_body(body("p", spec)))
+        assert built is not None
+        return built
+
+    base = {"source": MONGO}
+    names = {
+        "base": job(base)["metadata"]["name"],
+        "pull": job({**base, "imagePullPolicy": "Always"})["metadata"]["name"],
+        "source": job({"source": {**MONGO, "offsetsCollection": "offsets2"}})["metadata"]["name"],
+        "table": job({**base, "warehouse": {"managed": {}, "clickhouseTable": "t2"}})["metadata"][
+            "name"
+        ],
+    }
+    assert len(set(names.values())) == len(names), names
+    unrelated = job({**base, "scaling": {"maxReplicas": 7}, "paused": True})
+    assert unrelated["metadata"]["name"] == names["base"]
+    assert unrelated["metadata"]["name"].startswith("p-schema-")
+
+
+def test_each_statefulset_is_governed_by_a_headless_service() -> None:
+    """A StatefulSet's serviceName must name a headless Service (stable pod DNS names);
+    a ClusterIP Service there gives the pods none."""
+    for name in ("defaults", "three-node-broker"):
+        built = children(name)
+        services = {m["metadata"]["name"]: m for m in built if m["kind"] == "Service"}
+        sets = [m for m in built if m["kind"] == "StatefulSet"]
+        assert len(sets) == 2
+        for statefulset in sets:
+            governing = services[statefulset["spec"]["serviceName"]]
+            assert governing["spec"]["clusterIP"] == "None"
+            assert governing["spec"]["selector"] == statefulset["spec"]["selector"]["matchLabels"]

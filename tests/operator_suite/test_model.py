@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -101,3 +102,27 @@ def test_docs_spec_reference_matches_the_model() -> None:
     text = reference.DOC_PATH.read_text()
     assert reference.updated(text) == text, "docs/operator.md is stale: run make crds"
     assert "`spec.scaling.targetMessagesPerReplica`" in text
+
+
+@pytest.mark.parametrize(
+    ("resources", "problem"),
+    [
+        ({"requests": {"cpu": "lots"}}, "consumer.resources.requests.cpu: 'lots' is not"),
+        ({"requests": {"memory": "1Gb"}}, "consumer.resources.requests.memory: '1Gb' is not"),
+        ({"limits": {"memory": "x"}}, "consumer.resources.limits.memory: 'x' is not"),
+        (
+            {"requests": {"memory": "2Gi"}, "limits": {"memory": "1Gi"}},
+            "memory request 2Gi exceeds its limit 1Gi",
+        ),
+    ],
+)
+def test_resources_are_checked_as_quantities_with_or_without_limits(
+    resources: dict[str, Any], problem: str
+) -> None:
+    """A request alone must be checked too: the CRD takes any string, and the server only
+    refuses it when the Deployment is applied."""
+    spec = {**SPECS["defaults"], "consumer": {"resources": resources}}
+    pipeline, problems = validation.parse(body("p", spec))
+    assert pipeline is not None and problems == []
+    found = validation.validate(pipeline)
+    assert len(found) == 1 and problem in found[0], found

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from cdcflow_operator import status
 from cdcflow_operator.planning import drift, plan
 
@@ -33,6 +35,51 @@ def test_edits_by_hand_are_drift_at_their_path() -> None:
     assert drift(DEPLOY, live(replicas=3)) == ".spec.replicas"
     edited = live(template={"spec": {"containers": [{"name": "c", "args": ["y"]}]}})
     assert drift(DEPLOY, edited) == ".spec.template.spec.containers[0].args[0]"
+
+
+def _with_resources(resources: dict[str, Any], storage: str) -> dict[str, Any]:
+    return {
+        "kind": "StatefulSet",
+        "metadata": {"name": "s"},
+        "spec": {
+            "template": {"spec": {"containers": [{"name": "c", "resources": resources}]}},
+            "volumeClaimTemplates": [{"spec": {"resources": {"requests": {"storage": storage}}}}],
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("ours", "servers"),
+    [("0.5", "500m"), ("1000m", "1"), ("1", 1), ("1024Mi", "1Gi"), ("2048Ki", "2Mi")],
+)
+def test_quantities_the_server_normalised_are_not_drift(ours: Any, servers: Any) -> None:
+    """The API server stores quantities in canonical form; comparing strings re-applied
+    such children on every tick (and recorded a Repaired event each time)."""
+    desired = _with_resources(
+        {"requests": {"cpu": ours, "memory": ours}, "limits": {"memory": ours}}, str(ours)
+    )
+    stored = _with_resources(
+        {"requests": {"cpu": servers, "memory": servers}, "limits": {"memory": servers}},
+        str(servers),
+    )
+    assert drift(desired, stored) is None
+
+
+def test_a_changed_quantity_is_still_drift() -> None:
+    desired = _with_resources({"requests": {"cpu": "500m"}}, "1Gi")
+    assert (
+        drift(desired, _with_resources({"requests": {"cpu": "0.6"}}, "1Gi"))
+        == ".spec.template.spec.containers[0].resources.requests.cpu"
+    )
+    assert (
+        drift(desired, _with_resources({"requests": {"cpu": "0.5"}}, "1025Mi"))
+        == ".spec.volumeClaimTemplates[0].spec.resources.requests.storage"
+    )
+
+
+def test_only_quantity_fields_are_compared_as_quantities() -> None:
+    assert drift({"spec": {"replicas": "1"}}, {"spec": {"replicas": "1000m"}}) == ".spec.replicas"
+    assert drift({"data": {"x": "1Gi"}}, {"data": {"x": "1024Mi"}}) == ".data.x"
 
 
 def test_empty_lists_the_server_omits_are_not_drift() -> None:

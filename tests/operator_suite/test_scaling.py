@@ -72,12 +72,27 @@ def test_min_replicas_is_a_floor() -> None:
     )
 
 
-def test_activation_threshold_keeps_zero_until_exceeded() -> None:
-    policy = spec(activation_threshold=50)
-    assert decide(0, read(50), policy).replicas == 0
-    woken = decide(0, read(51), policy)
-    assert woken.replicas == 1
-    assert woken.reason == "ScaledUp"
+@pytest.mark.parametrize(
+    ("current", "ready", "expected"),
+    [
+        (0, 50, 0),  # at zero, at the threshold: stays asleep
+        (0, 51, 1),  # above it: activates (KEDA's activation)
+        (0, 30, 0),
+        (1, 30, 1),  # running: the threshold does not stop consumers with work queued
+        (3, 30, 1),  # ...they scale on ceil(30 / 100) like any other depth
+        (3, 250, 3),
+        (1, 0, 0),  # an empty queue still lets them go to zero
+    ],
+)
+def test_activation_threshold_gates_only_scaling_from_zero(
+    current: int, ready: int, expected: int
+) -> None:
+    decision = decide(
+        current, read(ready), spec(activation_threshold=50, scale_down_stabilization_seconds=0)
+    )
+    assert decision.replicas == expected
+    if current == 0 and expected == 1:
+        assert decision.reason == "ScaledUp"
 
 
 def test_scale_down_waits_for_the_highest_in_the_window() -> None:
@@ -262,6 +277,33 @@ def test_no_flapping_under_noisy_constant_depth(policy, depth, noise) -> None:
     assert all(lows[0] - 1 <= c <= highs[0] for c in settled)
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    policies,
+    st.integers(0, 40),
+    st.integers(-60, 60),
+    st.integers(0, 3),
+    st.none() | st.floats(0, 1e5),
+    histories,
+)
+def test_activation_threshold_only_matters_at_zero(
+    policy, current, offset, unacked, rate, history
+) -> None:
+    """Running consumers decide as if there were no threshold; at zero, a depth at or
+    below it keeps them at zero (minReplicas aside) and one above it decides as without.
+    Depths are drawn around the threshold, where the two could differ."""
+    reading = read(max(0, policy.activation_threshold + offset), unacked, rate)
+    without = policy.model_copy(update={"activation_threshold": 0})
+    gated = decide(current, reading, policy, history)
+    ungated = decide(current, reading, without, history)
+    if current > 0 or reading.depth > policy.activation_threshold:
+        assert gated.replicas == ungated.replicas
+    else:
+        held = 1 if reading.unacked > 0 else 0  # step 5 still applies at zero
+        assert gated.recommendation == max(policy.min_replicas, min(policy.max_replicas, held))
+        assert gated.replicas <= ungated.replicas
+
+
 @settings(max_examples=200, deadline=None)
 @given(policies, st.integers(0, 40), st.integers(1, 10))
 def test_fallback_when_reads_fail(policy: ScalingSpec, current: int, failures: int) -> None:
@@ -353,9 +395,9 @@ def test_more_changes_per_message_never_means_fewer_replicas(depth: int, ratio: 
         max_replicas=1000, target_changes_per_replica=1000, target_messages_per_replica=None
     )
     fewer = recommend(
-        DepthReading(ready=depth, unacked=0, source="t", changes_per_message=ratio), policy
+        DepthReading(ready=depth, unacked=0, source="t", changes_per_message=ratio), policy, 1
     )
     more = recommend(
-        DepthReading(ready=depth, unacked=0, source="t", changes_per_message=ratio * 2), policy
+        DepthReading(ready=depth, unacked=0, source="t", changes_per_message=ratio * 2), policy, 1
     )
     assert more >= fewer

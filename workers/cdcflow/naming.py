@@ -61,6 +61,12 @@ PART_OF_LABEL: Final = "app.kubernetes.io/part-of"
 MANAGED_BY_LABEL: Final = "app.kubernetes.io/managed-by"
 PRODUCT: Final = "cdcflow"
 OPERATOR: Final = "cdcflow-operator"
+OPERATOR_COMPONENT: Final = "operator"
+OPERATOR_POD_LABELS: Final = {PART_OF_LABEL: PRODUCT, COMPONENT_LABEL: OPERATOR_COMPONENT}
+"""Labels the chart's operator pod carries (helm/cdcflow/templates/_helpers.tpl) and the
+NetworkPolicies admit the operator by. Neither the release name nor ``nameOverride``
+changes them, and no Pipeline child has component ``operator``; tests/chart checks the
+rendered pod carries them."""
 
 PRODUCER: Final = "producer"
 CONSUMER: Final = "consumer"

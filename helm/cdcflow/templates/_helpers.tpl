@@ -30,6 +30,8 @@
 {{- end -}}
 {{- end -}}
 
+{{- /* The operator pod's part-of and component labels are cdcflow.naming.OPERATOR_POD_LABELS:
+the Pipelines' NetworkPolicies admit the operator by exactly these two (tests/chart checks). */ -}}
 {{- define "cdcflow.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "cdcflow.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}

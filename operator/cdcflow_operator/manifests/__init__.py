@@ -22,7 +22,11 @@ def build_all(pipeline: Pipeline, consumer_replicas: int) -> list[Manifest]:
         out += [rabbitmq.build_config(pipeline), *rabbitmq.build_services(pipeline)]
         out.append(rabbitmq.build_statefulset(pipeline))
     if spec.warehouse.managed is not None:
-        out += [clickhouse.build_config(pipeline), clickhouse.build_service(pipeline)]
+        out += [
+            clickhouse.build_config(pipeline),
+            clickhouse.build_headless_service(pipeline),
+            clickhouse.build_service(pipeline),
+        ]
         out.append(clickhouse.build_statefulset(pipeline))
     claim = workers.build_chdb_claim(pipeline)
     if claim is not None:

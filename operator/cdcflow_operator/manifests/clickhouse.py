@@ -65,7 +65,37 @@ def build_config(pipeline: Pipeline) -> Manifest:
     }
 
 
+def headless_name(pipeline: Pipeline) -> str:
+    return f"{pipeline.child(naming.WAREHOUSE)}-nodes"
+
+
+def build_headless_service(pipeline: Pipeline) -> Manifest:
+    """The StatefulSet's governing Service: headless, so its pod gets a stable DNS name
+    (``<name>-clickhouse-0.<name>-clickhouse-nodes``), as a StatefulSet's serviceName
+    expects; clients keep the ClusterIP Service of :func:`build_service`."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(pipeline, naming.WAREHOUSE, headless_name(pipeline)),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": naming.selector(pipeline.name, naming.WAREHOUSE),
+            "ports": [
+                {"name": "http", "port": HTTP_PORT, "targetPort": HTTP_PORT, "protocol": "TCP"},
+                {
+                    "name": "native",
+                    "port": NATIVE_PORT,
+                    "targetPort": NATIVE_PORT,
+                    "protocol": "TCP",
+                },
+            ],
+        },
+    }
+
+
 def build_service(pipeline: Pipeline) -> Manifest:
+    """The client Service (a ClusterIP) the workers' URL names."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -137,7 +167,7 @@ def build_statefulset(pipeline: Pipeline) -> Manifest:
         "kind": "StatefulSet",
         "metadata": metadata(pipeline, naming.WAREHOUSE),
         "spec": {
-            "serviceName": name,
+            "serviceName": headless_name(pipeline),
             "replicas": 1,
             "selector": {"matchLabels": naming.selector(pipeline.name, naming.WAREHOUSE)},
             "persistentVolumeClaimRetentionPolicy": retention,

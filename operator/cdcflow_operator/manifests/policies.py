@@ -20,7 +20,7 @@ from cdcflow_operator.manifests import clickhouse, rabbitmq
 from cdcflow_operator.manifests.common import WORKERS_ACCOUNT, Manifest, metadata
 from cdcflow_operator.models import Pipeline
 
-OPERATOR_PODS = {naming.NAME_LABEL: naming.OPERATOR}
+OPERATOR_PODS = dict(naming.OPERATOR_POD_LABELS)
 MONGODB_PORT = 27017
 API_SERVER_PORTS = (443, 6443)
 

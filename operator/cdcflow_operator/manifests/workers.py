@@ -198,17 +198,12 @@ def build_chdb_claim(pipeline: Pipeline) -> Manifest | None:
     return claim
 
 
-def schema_hash(pipeline: Pipeline) -> str:
-    """Short hash of what the DDL depends on: a new Job when it changes (Jobs are immutable)."""
-    text = json.dumps(
-        [pipeline.spec.image, pipeline.spec.warehouse.model_dump(mode="json"), pipeline.table],
-        sort_keys=True,
-    )
+def schema_hash(template: dict[str, Any]) -> str:
+    """Short hash of the Job's whole pod template: a Job's template is immutable, so any
+    change to it (image, env from any section, pull policy, resources) needs a new Job,
+    and hashing only some inputs left a changed spec stuck on a refused apply."""
+    text = json.dumps(template, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:8]
-
-
-def schema_job_name(pipeline: Pipeline) -> str:
-    return f"{pipeline.child(naming.SCHEMA_JOB)}-{schema_hash(pipeline)}"
 
 
 def build_schema_job(pipeline: Pipeline) -> Manifest | None:
@@ -232,15 +227,14 @@ def build_schema_job(pipeline: Pipeline) -> Manifest | None:
     pod = worker_pod_spec(
         [container], restart="OnFailure", service_account=pipeline.child(WORKERS_ACCOUNT)
     )
+    template = {
+        "metadata": {"labels": naming.labels(pipeline.name, naming.SCHEMA_JOB)},
+        "spec": pod,
+    }
+    name = f"{pipeline.child(naming.SCHEMA_JOB)}-{schema_hash(template)}"
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": metadata(pipeline, naming.SCHEMA_JOB, schema_job_name(pipeline)),
-        "spec": {
-            "backoffLimit": 10,
-            "template": {
-                "metadata": {"labels": naming.labels(pipeline.name, naming.SCHEMA_JOB)},
-                "spec": pod,
-            },
-        },
+        "metadata": metadata(pipeline, naming.SCHEMA_JOB, name),
+        "spec": {"backoffLimit": 10, "template": template},
     }
