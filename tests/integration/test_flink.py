@@ -8,6 +8,7 @@ these are slow tests; CI runs them (``make test``).
 from __future__ import annotations
 
 import datetime as dt
+import io
 import os
 import re
 import signal
@@ -19,11 +20,14 @@ from typing import Any
 
 import orjson
 import pytest
+from rich.console import Console
 
+from cdcflow import broker, naming
 from cdcflow.config import Runner, Settings
 from cdcflow.consumer import flink
 from cdcflow.consumer.pipeline import counters, run_consumer
 from cdcflow.consumer.rabbitmq import Delivery, RabbitConsumer
+from cdcflow.demo import DEMO_EXCHANGE, DEMO_QUEUE, run_demo
 from cdcflow.simulator import Simulator
 from cdcflow.verify import verify
 from cdcflow.warehouse.client import Warehouse
@@ -173,6 +177,35 @@ def test_nothing_is_acked_before_a_checkpoint_completed(
             f"acked at {acked_at:.3f}, before the first checkpoint ({first_checkpoint:.3f})"
         )
     assert depths(settings) == (0, 0)
+
+
+def test_the_demo_runs_on_flink_and_verifies_equal(tmp_path: Path, amqp_url: str) -> None:
+    """``cdcflow demo --runner flink``, in process, on the session's broker."""
+    settings = Settings(
+        data_dir=tmp_path / ".cdcflow",
+        amqp_url=amqp_url,
+        runner=Runner.flink,
+        checkpointing_interval_ms=1000,
+        events=600,
+        rate=600.0,
+        bad_ratio=0.02,
+        seed=7,
+    )
+    output = io.StringIO()
+    console = Console(file=output, width=200, force_terminal=False)
+    try:
+        equal = run_demo(settings, console, broker_configured=True)
+    finally:
+        with broker.channel(settings) as channel:
+            for queue in (DEMO_QUEUE, naming.failed_queue_name(DEMO_QUEUE)):
+                channel.queue_delete(queue)
+            channel.exchange_delete(DEMO_EXCHANGE)
+    text = output.getvalue()
+    assert equal, text
+    assert "verify: equal" in text and "simulated 600 events" in text, text
+    consumer_log = tmp_path / ".cdcflow" / "demo" / "logs" / "consumer.log"
+    assert "runner flink" in consumer_log.read_text()
+    assert "Flink job server stopped" in consumer_log.read_text()
 
 
 @pytest.fixture
