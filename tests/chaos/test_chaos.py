@@ -35,7 +35,7 @@ import pytest
 from cdcflow.config import Settings
 from cdcflow.localbroker import BrokerSetupError, RabbitNode
 from cdcflow.localstack import port_open
-from cdcflow.metrics import CHANGES_ACKED, sample_name
+from cdcflow.metrics import CHANGES_ACKED, CHANGES_PER_MESSAGE, sample_name
 from cdcflow.simulator import SimulationStats, Simulator
 from cdcflow.verify import verify
 from tests.pipeline_support import Pipeline, Worker
@@ -132,6 +132,8 @@ def inject(fault: Fault, pipeline: Pipeline, node: RabbitNode, vhost: str) -> No
 
 
 ACKED = sample_name(CHANGES_ACKED)  # changes, not messages: outcomes are per change
+PER_MESSAGE_SUM = sample_name(CHANGES_PER_MESSAGE, "_sum")
+PER_MESSAGE_COUNT = sample_name(CHANGES_PER_MESSAGE, "_count")
 OUTCOMES = (
     "cdcflow_rows_loaded_total",
     "cdcflow_messages_dead_lettered_total",
@@ -154,6 +156,8 @@ class AckAudit:
         self.scrapes = 0
         self.acked = 0.0
         self.violations: list[str] = []
+        # Mean changes per consumed message, per scrape of a process that consumed any.
+        self.changes_per_message: list[float] = []
         self.thread = threading.Thread(target=self._run, name="ack-audit", daemon=True)
 
     def check(self) -> None:
@@ -166,6 +170,9 @@ class AckAudit:
         outcomes = sum(scrape.value(name) for name in OUTCOMES)
         self.scrapes += 1
         self.acked = max(self.acked, acked)
+        messages = scrape.value(PER_MESSAGE_COUNT)
+        if messages > 0:
+            self.changes_per_message.append(scrape.value(PER_MESSAGE_SUM) / messages)
         if acked > outcomes:
             self.violations.append(f"acked {acked:.0f} > rows+failed+ignored {outcomes:.0f}")
 
@@ -181,6 +188,17 @@ class AckAudit:
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
         self.thread.join(10)
+
+    def check_packing(self, pack_max_changes: int) -> None:
+        """The changes per message the consumer saw match the producer's packing: exactly
+        one with ``pack_max_changes=1``, more than one (on average) with batch messages."""
+        seen = self.changes_per_message
+        assert seen, "the consumer's changes per message were never scraped"
+        if pack_max_changes == 1:
+            assert set(seen) == {1.0}, f"one change per message expected, saw means {seen}"
+        else:
+            assert max(seen) > 1, f"batch messages expected, saw means {seen}"
+            assert max(seen) <= pack_max_changes
 
 
 @pytest.mark.parametrize("pack_max_changes", [None, 1], ids=["batch_messages", "one_change_each"])
@@ -244,9 +262,11 @@ def test_chaos(
 
     report = verify(settings)
     dead_lettered = depths(settings)[1]
+    per_message = f"{max(audit.changes_per_message, default=0.0):.1f}"
     seconds = round(time.monotonic() - started)
     line = (
         f"chaos: pack_max_changes={settings.pack_max_changes} "
+        f"changes_per_message={per_message} "
         f"events={stats[0].events} lost={report.lost} duplicates={report.duplicates} "
         f"dead_lettered={dead_lettered} producer_kills={injected['producer_kill']} "
         f"consumer_kills={injected['consumer_kill']} "
@@ -264,6 +284,7 @@ def test_chaos(
     assert report.equal, report.summary() + str(report.examples)
     assert audit.scrapes > 0 and audit.acked > 0, "the consumer's acks were never audited"
     assert not audit.violations, audit.violations[:5]
+    audit.check_packing(settings.pack_max_changes)
     assert port_open("127.0.0.1", rabbitmq_node.ports.amqp), "the broker must be left running"
 
 

@@ -25,7 +25,14 @@ from cdcflow.config import Runner, Settings
 from cdcflow.localbroker import RabbitNode
 from cdcflow.simulator import SimulationStats, Simulator
 from cdcflow.verify import verify
-from tests.chaos.test_chaos import Fault, Supervisor, chaos_vhost, ensure_broker_running, inject
+from tests.chaos.test_chaos import (
+    AckAudit,
+    Fault,
+    Supervisor,
+    chaos_vhost,
+    ensure_broker_running,
+    inject,
+)
 from tests.pipeline_support import Pipeline, wait_for
 from tests.support import depths
 
@@ -52,6 +59,8 @@ def test_chaos_on_flink(
     rabbitmq_node: RabbitNode,
     chaos_vhost: str,
 ) -> None:
+    """With batch messages (the default packing; the in-process suite also runs one
+    change per message)."""
     settings = make_settings(
         amqp_url=rabbitmq_node.vhost_url(chaos_vhost),
         runner=Runner.flink,
@@ -73,8 +82,9 @@ def test_chaos_on_flink(
         name="simulator",
         daemon=True,
     )
+    audit = AckAudit(pipeline.consumer)
     try:
-        with Supervisor([pipeline.producer, pipeline.consumer]) as supervisor:
+        with audit, Supervisor([pipeline.producer, pipeline.consumer]) as supervisor:
             writer.start()
             for kind in FAULTS:
                 # Strike a consumer that is up and loading: the fault lands mid-stream.
@@ -99,6 +109,8 @@ def test_chaos_on_flink(
         for worker in (pipeline.producer, pipeline.consumer):
             if not worker.alive():
                 worker.start()
+        pipeline.wait_producer_caught_up(600)
+        audit.check()  # the last consumer, caught up, before it stops
         pipeline.drain_and_stop(timeout=600)
     finally:
         ensure_broker_running(rabbitmq_node)
@@ -109,7 +121,9 @@ def test_chaos_on_flink(
     report = verify(settings)
     dead_lettered = depths(settings)[1]
     line = (
-        f"chaos-flink: events={stats[0].events} lost={report.lost} "
+        f"chaos-flink: pack_max_changes={settings.pack_max_changes} "
+        f"changes_per_message={max(audit.changes_per_message, default=0.0):.1f} "
+        f"events={stats[0].events} lost={report.lost} "
         f"duplicates={report.duplicates} dead_lettered={dead_lettered} "
         f"consumer_kills={injected['consumer_kill']} producer_kills={injected['producer_kill']} "
         f"broker_faults={injected['connections_closed']} "
@@ -123,3 +137,6 @@ def test_chaos_on_flink(
     assert report.lost == 0, report.summary() + str(report.examples)
     assert report.duplicates == 0, report.summary()
     assert report.equal, report.summary() + str(report.examples)
+    assert audit.scrapes > 0 and audit.acked > 0, "the consumer's acks were never audited"
+    assert not audit.violations, audit.violations[:5]
+    audit.check_packing(settings.pack_max_changes)

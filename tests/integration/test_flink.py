@@ -8,6 +8,7 @@ these are slow tests; CI runs them (``make test``).
 from __future__ import annotations
 
 import datetime as dt
+import io
 import os
 import re
 import signal
@@ -19,11 +20,15 @@ from typing import Any
 
 import orjson
 import pytest
+from apache_beam.runners.worker.bundle_processor import BundleProcessor
+from rich.console import Console
 
+from cdcflow import broker, naming
 from cdcflow.config import Runner, Settings
 from cdcflow.consumer import flink
 from cdcflow.consumer.pipeline import counters, run_consumer
 from cdcflow.consumer.rabbitmq import Delivery, RabbitConsumer
+from cdcflow.demo import DEMO_EXCHANGE, DEMO_QUEUE, run_demo
 from cdcflow.simulator import Simulator
 from cdcflow.verify import verify
 from cdcflow.warehouse.client import Warehouse
@@ -117,29 +122,78 @@ def _checkpoints(log_file: Path) -> list[float]:
     return times
 
 
+def _unexplained_acks(
+    acks: list[tuple[float, list[str]]],
+    free_at: dict[str, float],
+    loaded_at: dict[str, float],
+    checkpoints: list[float],
+) -> list[str]:
+    """Acks that no completed checkpoint explains. Each must come after its rows were
+    loaded, and after a checkpoint that completed once the task was free to start the
+    bundle that loaded them (``free_at``: the end of the SDK bundle before it)."""
+    wrong = []
+    for acked_at, docs in acks:
+        free = max(free_at[doc] for doc in docs)
+        loaded = max(loaded_at[doc] for doc in docs)
+        if not loaded < acked_at:
+            wrong.append(f"acked at {acked_at:.3f} before its load at {loaded:.3f}")
+        elif not any(free <= done <= acked_at for done in checkpoints):
+            wrong.append(
+                f"bundle from {free:.3f}, loaded at {loaded:.3f}, acked at {acked_at:.3f}: "
+                f"no checkpoint completed in between ({[f'{c:.3f}' for c in checkpoints]})"
+            )
+    return wrong
+
+
 def test_nothing_is_acked_before_a_checkpoint_completed(
     flink_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Acks come only with checkpoint completions, each after its batch was loaded.
+    """Every ack comes after its rows were loaded and after a checkpoint that completed
+    once the bundle that loaded them could start; acking at the end of the bundle fails.
 
-    Spies (the real methods still run) note when each document was loaded and when
-    each message was acked; the job server's log says when checkpoints completed.
-    The first checkpoint completes twenty seconds after the job starts, after the
-    five batches were loaded: acking at the end of a bundle instead of in its
-    finalization acks them before it and fails this test.
+    Spies (the real methods still run) note when each SDK bundle ran, when each
+    document was read and loaded, and when each message was acked; the job server's
+    log says when checkpoints completed (Flink logs "Completed checkpoint" before it
+    notifies the tasks). Flink schedules the first checkpoint at a random delay, so
+    nothing here depends on when checkpoints come, only on their order with the rest.
 
-    Beam's portable Flink runner finalizes, on each checkpoint completion, every
-    bundle finished before the notification reached the task, including bundles
-    finished after that checkpoint's barrier (docs/runners.md): so an ack follows
-    *a* completed checkpoint and its own load, not necessarily a checkpoint that
-    began after the load.
+    Why not "a checkpoint that completed after the load": Beam's portable Flink runner
+    finalizes, on each checkpoint notification, every bundle finished before the
+    notification reached the task (docs/runners.md), and the task handles the
+    notification only between bundles. A checkpoint that completes while a bundle runs
+    acks that bundle when it ends: after its load, but the completion preceded it (seen
+    here: completed, 166 ms later the batch read, 100 ms later loaded, 18 ms later
+    acked). The task could not have started that bundle before the previous SDK bundle
+    ended, so the completion follows that end.
+
+    Acks at the end of the bundle would come milliseconds after the load: each of the
+    five batches would need a checkpoint to complete during its own bundle (a few
+    hundred ms of a 2 s interval); the test checks that such acks would be caught.
     """
     settings = flink_settings.with_overrides(
-        checkpointing_interval_ms=20_000, batch_max_messages=100, idle_exit_s=5
+        checkpointing_interval_ms=2000, batch_max_messages=100, idle_exit_s=5
     )
+    bundle_ends: list[float] = []
+    free_at: dict[str, float] = {}
     loaded_at: dict[str, float] = {}
     acks: list[tuple[float, list[str]]] = []
-    real_insert, real_ack = Warehouse.insert, RabbitConsumer.ack
+    real_bundle = BundleProcessor.process_bundle
+    real_take, real_insert, real_ack = RabbitConsumer.take, Warehouse.insert, RabbitConsumer.ack
+    bundle = threading.local()
+
+    def process_bundle(self: BundleProcessor, *args: Any, **kwargs: Any) -> Any:
+        # The stage runs one bundle at a time: this one began after the last one ended.
+        bundle.free = max(bundle_ends, default=0.0)
+        try:
+            return real_bundle(self, *args, **kwargs)
+        finally:
+            bundle_ends.append(time.time())
+
+    def take(self: RabbitConsumer, *args: Any, **kwargs: Any) -> list[Delivery]:
+        deliveries = real_take(self, *args, **kwargs)
+        for delivery in deliveries:
+            free_at[orjson.loads(delivery.body)["id"]] = bundle.free
+        return deliveries
 
     def insert(self: Warehouse, rows: Any) -> None:
         real_insert(self, rows)
@@ -151,6 +205,8 @@ def test_nothing_is_acked_before_a_checkpoint_completed(
         acks.append((time.time(), [orjson.loads(d.body)["id"] for d in deliveries]))
         real_ack(self, deliveries)
 
+    monkeypatch.setattr(BundleProcessor, "process_bundle", process_bundle)
+    monkeypatch.setattr(RabbitConsumer, "take", take)
     monkeypatch.setattr(Warehouse, "insert", insert)
     monkeypatch.setattr(RabbitConsumer, "ack", ack)
     collection = settings.mongo_collection
@@ -162,17 +218,43 @@ def test_nothing_is_acked_before_a_checkpoint_completed(
     assert len(logs) == 1
     checkpoints = _checkpoints(logs[0])
     assert checkpoints, logs[0].read_text()[-2000:]
-    assert len(acks) >= 2  # several batches, each acked on its own finalization
-    assert sorted(doc for _, docs in acks for doc in docs) == sorted(loaded_at)
     assert len(loaded_at) == 500 and result.counters["acked"] - acked_before == 500
-    first_checkpoint = min(checkpoints)
-    for acked_at, docs in acks:
-        loaded = max(loaded_at[doc] for doc in docs)
-        assert loaded < acked_at
-        assert acked_at >= first_checkpoint, (
-            f"acked at {acked_at:.3f}, before the first checkpoint ({first_checkpoint:.3f})"
-        )
+    assert sorted(doc for _, docs in acks for doc in docs) == sorted(loaded_at)
+    assert len(acks) >= 5  # one ack per batch of 100, each on its own finalization
+    assert _unexplained_acks(acks, free_at, loaded_at, checkpoints) == []
+    # The same check catches acks at the end of the bundle (right after the load).
+    at_bundle_end = [(max(loaded_at[d] for d in docs) + 0.001, docs) for _, docs in acks]
+    assert _unexplained_acks(at_bundle_end, free_at, loaded_at, checkpoints)
     assert depths(settings) == (0, 0)
+
+
+def test_the_demo_runs_on_flink_and_verifies_equal(tmp_path: Path, amqp_url: str) -> None:
+    """``cdcflow demo --runner flink``, in process, on the session's broker."""
+    settings = Settings(
+        data_dir=tmp_path / ".cdcflow",
+        amqp_url=amqp_url,
+        runner=Runner.flink,
+        checkpointing_interval_ms=1000,
+        events=600,
+        rate=600.0,
+        bad_ratio=0.02,
+        seed=7,
+    )
+    output = io.StringIO()
+    console = Console(file=output, width=200, force_terminal=False)
+    try:
+        equal = run_demo(settings, console, broker_configured=True)
+    finally:
+        with broker.channel(settings) as channel:
+            for queue in (DEMO_QUEUE, naming.failed_queue_name(DEMO_QUEUE)):
+                channel.queue_delete(queue)
+            channel.exchange_delete(DEMO_EXCHANGE)
+    text = output.getvalue()
+    assert equal, text
+    assert "verify: equal" in text and "simulated 600 events" in text, text
+    consumer_log = tmp_path / ".cdcflow" / "demo" / "logs" / "consumer.log"
+    assert "runner flink" in consumer_log.read_text()
+    assert "Flink job server stopped" in consumer_log.read_text()
 
 
 @pytest.fixture

@@ -94,14 +94,25 @@ def test_the_job_server_must_be_the_sdks_beam_version(
 
 
 def test_flink_prefetch_covers_the_rate_over_a_checkpoint_interval() -> None:
+    """In messages, for the changes read between two acks (rate x (interval + 1 s) plus
+    a batch), with messages assumed full (pack_max_changes changes each)."""
     assert Settings().effective_prefetch == 2000
-    settings = Settings(runner=Runner.flink, consume_rate=2000, checkpointing_interval_ms=5000)
-    # acks come one checkpoint (plus the bundle in flight) after the read
-    assert settings.effective_prefetch >= 2000 * 6
-    shorter = settings.with_overrides(checkpointing_interval_ms=1000)
-    assert 2000 * 2 <= shorter.effective_prefetch < settings.effective_prefetch
-    assert Settings(runner=Runner.flink, consume_rate=1e6).effective_prefetch == 65535
     assert Settings(runner=Runner.flink, prefetch=300).effective_prefetch == 300
+    one_each = Settings(
+        runner=Runner.flink,
+        consume_rate=2000,
+        checkpointing_interval_ms=5000,
+        batch_max_messages=500,
+        pack_max_changes=1,
+    )
+    assert one_each.effective_prefetch == 2000 * 6 + 500
+    assert one_each.with_overrides(checkpointing_interval_ms=1000).effective_prefetch == 4500
+    # batch messages: the same changes in a hundredth of the messages
+    packed = one_each.with_overrides(consume_rate=100_000, pack_max_changes=100)
+    assert packed.effective_prefetch == (100_000 * 6 + 500 + 99) // 100 == 6005
+    # the defaults (4,000 changes/s, 5 s, 100 changes a message): 290 needed, floor 2000
+    assert Settings(runner=Runner.flink).effective_prefetch == 2000
+    assert packed.with_overrides(consume_rate=1e8).effective_prefetch == 65535
 
 
 def test_the_pipeline_is_one_chain_from_source_to_dead_letters() -> None:

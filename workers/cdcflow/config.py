@@ -268,15 +268,15 @@ class ConsumerSettings(Section):
         ge=1,
         le=65535,
         description="RabbitMQ consumer prefetch (QoS), in messages. Default: 2000 in-process; "
-        "on Flink, consume_rate x (checkpoint interval + 1 s) + a batch, since acks wait for "
-        "checkpoints. That default assumes one change per message: with batch messages it "
-        "buffers up to pack_max_changes times more, so on Flink set it to about that "
-        "figure divided by the changes per message (cdcflow status shows it).",
+        "on Flink, since acks wait for checkpoints, enough messages for consume_rate x "
+        "(checkpoint interval + 1 s) + a batch of changes, counting pack_max_changes changes "
+        "per message (full batch messages, as at high rates), and at least 2000 (which "
+        "covers the partly filled messages of a trickle).",
     )
     consume_rate: float = Field(
         4000.0,
         gt=0,
-        description="Messages/s the Flink consumer must sustain; sizes its default prefetch.",
+        description="Changes/s the Flink consumer must sustain; sizes its default prefetch.",
     )
     batch_max_messages: int = Field(
         5000,
@@ -312,17 +312,6 @@ class ConsumerSettings(Section):
         5000, ge=1000, description="Flink checkpoint interval; acks happen after checkpoints."
     )
     parallelism: int = Field(1, ge=1, description="Competing RabbitMQ consumers per pipeline.")
-
-    @property
-    def effective_prefetch(self) -> int:
-        """The prefetch the consumer asks for (see the ``prefetch`` field)."""
-        if self.prefetch is not None:
-            return self.prefetch
-        if self.runner is Runner.flink:
-            between_acks_s = self.checkpointing_interval_ms / 1000 + 1
-            needed = math.ceil(self.consume_rate * between_acks_s) + self.batch_max_messages
-            return min(65535, max(2000, needed))
-        return 2000
 
 
 class SimulatorSettings(Section):
@@ -510,6 +499,23 @@ class Settings(  # the MRO lists sections last-first: fields come out in SECTION
     def queue_name(self) -> str:
         """The main queue: named after the collection unless set."""
         return naming.queue_name(self.mongo_collection, self.queue)
+
+    @property
+    def effective_prefetch(self) -> int:
+        """The prefetch the consumer asks for (see the ``prefetch`` field)."""
+        if self.prefetch is not None:
+            return self.prefetch
+        if self.runner is Runner.flink:
+            # Changes read between two acks: the rate over a checkpoint interval (plus a
+            # second for the checkpoint itself), and the bundle in flight. The prefetch
+            # counts messages: assume they are full (pack_max_changes changes, the
+            # producer's bound and so the fewest messages for those changes). A trickle
+            # fills them partly but is slow; 2000 messages still cover it.
+            between_acks_s = self.checkpointing_interval_ms / 1000 + 1
+            changes = self.consume_rate * between_acks_s + self.batch_max_messages
+            needed = math.ceil(changes / self.pack_max_changes)
+            return min(65535, max(2000, needed))
+        return 2000
 
     @property
     def failed_queue_name(self) -> str:

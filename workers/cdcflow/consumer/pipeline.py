@@ -323,11 +323,13 @@ def _quiet_harness_shutdown() -> Iterator[None]:
 def _check_flink_prefetch(settings: Settings) -> None:
     """Warn when the prefetch caps the throughput: acks only come after checkpoints."""
     between_acks_s = settings.checkpointing_interval_ms / 1000 + 1
-    cap = settings.effective_prefetch / between_acks_s
+    # changes/s, even if every message were full (pack_max_changes changes)
+    cap = settings.effective_prefetch * settings.pack_max_changes / between_acks_s
     if cap < settings.consume_rate:
         log.warning(
             "prefetch %d with a checkpoint every %.1f s caps this consumer at about %.0f "
-            "messages/s (acks come after checkpoints); raise CDCFLOW_PREFETCH or leave it unset",
+            "changes/s at best (acks come after checkpoints); raise CDCFLOW_PREFETCH or leave "
+            "it unset",
             settings.effective_prefetch,
             settings.checkpointing_interval_ms / 1000,
             cap,
