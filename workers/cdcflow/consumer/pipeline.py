@@ -113,7 +113,12 @@ def build_pipeline(settings: Settings, options: PipelineOptions | None = None) -
     (
         pipeline
         | "ReadFromRabbitMQ"
-        >> ReadFromRabbitMQ(QueueSettings.of(settings), settings.consumer, consumers=consumers)
+        >> ReadFromRabbitMQ(
+            QueueSettings.of(settings),
+            settings.consumer,
+            prefetch=settings.effective_prefetch,
+            consumers=consumers,
+        )
         | "TransformBatch" >> TransformBatch(settings.mongo_collection)
         | "WriteToClickHouse" >> WriteToClickHouse(TableSettings.of(settings))
         | "PublishDeadLetters" >> PublishDeadLetters(settings.failed_queue_name)

@@ -164,10 +164,13 @@ class _ReadQueueFn(beam.DoFn):
         queues: QueueSettings,
         consumer: ConsumerSettings,
         run: str,
+        *,
+        prefetch: int,
         now: Callable[[], float] = time.monotonic,
     ) -> None:
         self._queues = queues
         self._consumer = consumer
+        self._prefetch = prefetch
         self._run = run
         self._now = now
         self._unfinalized: list[_AckOnFinalize] = []
@@ -181,7 +184,7 @@ class _ReadQueueFn(beam.DoFn):
     def _open(self, slot: runtime.Slot) -> RabbitConsumer:
         if slot.consumer is None:
             slot.consumer = RabbitConsumer(
-                self._queues, prefetch=self._consumer.effective_prefetch, name=slot.key
+                self._queues, prefetch=self._prefetch, name=slot.key
             ).start()
             runtime.register(slot.key, slot.consumer)
         return slot.consumer
@@ -314,7 +317,12 @@ class ReadFromRabbitMQ(beam.PTransform[Any, Any]):
     """Read ``queues.queue_name`` as batches of deliveries, acked on finalization."""
 
     def __init__(
-        self, queues: QueueSettings, consumer: ConsumerSettings, *, consumers: int = 1
+        self,
+        queues: QueueSettings,
+        consumer: ConsumerSettings,
+        *,
+        prefetch: int,
+        consumers: int = 1,
     ) -> None:
         super().__init__()
         if consumers < 1:
@@ -322,6 +330,7 @@ class ReadFromRabbitMQ(beam.PTransform[Any, Any]):
         self._queues = queues
         self._consumer = consumer
         self._consumers = consumers
+        self._prefetch = prefetch
         self._run = uuid.uuid4().hex[:12]  # names this pipeline's slots in runtime
 
     def expand(self, pbegin: Any) -> Any:
@@ -329,7 +338,7 @@ class ReadFromRabbitMQ(beam.PTransform[Any, Any]):
             pbegin
             | "Consumers" >> beam.Create(list(range(self._consumers)))
             | "Read"
-            >> beam.ParDo(_ReadQueueFn(self._queues, self._consumer, self._run)).with_output_types(
-                ConsumedBatch
-            )
+            >> beam.ParDo(
+                _ReadQueueFn(self._queues, self._consumer, self._run, prefetch=self._prefetch)
+            ).with_output_types(ConsumedBatch)
         )
