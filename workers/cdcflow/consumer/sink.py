@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.coders.typecoders import registry as coder_registry
 
-from cdcflow import metrics
+from cdcflow import gctuning, metrics
 from cdcflow.config import Settings
 from cdcflow.consumer import runtime
 from cdcflow.consumer.batches import ProcessedBatch, loaded_now, process_batch
@@ -80,6 +80,7 @@ class _WriteFn(beam.DoFn):
 
     def setup(self) -> None:
         self._warehouse = None
+        gctuning.refreeze()  # the pipeline is built: keep its state out of collections
 
     def _open(self) -> Warehouse:
         if self._warehouse is None:
