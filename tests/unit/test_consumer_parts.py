@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pyarrow as pa
 import pytest
+from prometheus_client import CollectorRegistry, Histogram
 
+from cdcflow import metrics
 from cdcflow.consumer.rabbitmq import AckLedger
 from cdcflow.consumer.source import _Lease, _LeaseTracker
 
@@ -93,3 +96,56 @@ def test_retry_until_done_gives_up_when_asked_to_stop() -> None:
     with pytest.raises(runtime.Abandoned) as raised:
         runtime.retry_until_done(action, what="insert", sleep=lambda seconds: True)
     assert isinstance(raised.value.__cause__, OSError)
+
+
+def _samples(histogram: Histogram) -> dict[str, float]:
+    return {
+        f"{sample.name}{sorted(sample.labels.items())}": sample.value
+        for family in histogram.collect()
+        for sample in family.samples
+    }
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[], [0.0], [0.05, 0.051, 0.3, 1.0, 299.9, 300.0, 300.1, 1e9], [0.2] * 1000],
+)
+def test_cumulative_observations_export_what_observing_each_value_does(
+    values: list[float],
+) -> None:
+    buckets = (0.05, 0.1, 0.25, 0.5, 1.0, 300.0)
+    one_by_one = Histogram("h", "h", buckets=buckets, registry=CollectorRegistry())
+    at_once = Histogram("h", "h", buckets=buckets, registry=CollectorRegistry())
+    for value in values:
+        one_by_one.observe(value)
+    bounds = metrics.upper_bounds(at_once)
+    cumulative = [sum(1 for value in values if value <= bound) for bound in bounds]
+    metrics.observe_cumulative(at_once, cumulative, sum(values))
+    assert _samples(at_once) == pytest.approx(_samples(one_by_one))
+
+
+def test_freshness_is_observed_per_loaded_row_with_a_source_time() -> None:
+    from cdcflow.consumer.sink import _observe_freshness
+
+    loaded_at = 1_800_000_000.0
+    ages = [0.01, 0.2, 0.2, 0.7, 4.0, 50.0, 1000.0, -3.0]  # a clock skew counts as 0
+    micros = [int((loaded_at - age) * 1_000_000) for age in ages] + [None]  # None: snapshot
+    column = pa.chunked_array(
+        [pa.array(micros[:3], pa.int64()), pa.array(micros[3:], pa.int64())]
+    ).cast(pa.timestamp("us", tz="UTC"))
+    expected = Histogram(
+        "e",
+        "e",
+        buckets=metrics.upper_bounds(metrics.FRESHNESS_SECONDS)[:-1],
+        registry=CollectorRegistry(),
+    )
+    for micro in micros:
+        if micro is not None:
+            expected.observe(max(0.0, loaded_at - micro / 1_000_000))
+    before = _samples(metrics.FRESHNESS_SECONDS)
+    _observe_freshness(column, loaded_at)
+    after = _samples(metrics.FRESHNESS_SECONDS)
+    grown = {
+        name.replace("cdcflow_freshness_seconds", "e"): after[name] - before[name] for name in after
+    }
+    assert grown == pytest.approx(_samples(expected))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import orjson
 import pytest
 from bson import ObjectId, Timestamp
 
@@ -19,10 +20,12 @@ from cdcflow.events import (
     UnsupportedEvent,
     decode_envelope,
     encode_change,
+    encode_document,
     encode_envelope,
     from_change,
     snapshot_end_envelope,
     snapshot_envelope,
+    to_json_safe,
 )
 from cdcflow.versions import (
     SLOT_BITS,
@@ -300,3 +303,19 @@ def test_snapshot_envelopes_round_trip():
         sweep_version(point),
     )
     assert closing.doc == {"documents": 1}
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"_id": "a", "at": {"$date": "2026-12-04T18:04:00.444000"}, "n": 1.5},  # nx-27017 date
+        {"_id": "a", "marker": {"__neosqlite_objectid__": "yes", "id": "x"}},  # not a text map
+        {"_id": "a", "at": {"$date": "2026-12-04T18:04:00Z"}, "bad": float("nan")},
+        {"_id": "a", "keys": {1: "x"}, "nested": {"a": {"b": "c"}}},
+        {"_id": ObjectId(OID), "when": dt.datetime(2026, 1, 1, tzinfo=dt.UTC), "list": [1]},
+    ],
+)
+def test_encoded_document_is_its_extended_json(document: dict[str, Any]) -> None:
+    """The fast path (flat documents, text-only maps) writes what ``to_json_safe`` gives."""
+    expected = orjson.dumps(to_json_safe(document), option=orjson.OPT_NON_STR_KEYS)
+    assert orjson.dumps(encode_document(document)) == expected

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from cdcflow.transforms import clean_documents
+from cdcflow.transforms import clean_documents, parse_moment
 
 from .test_rules import GOOD
 
@@ -59,3 +59,27 @@ def test_fix_counts_are_per_rule() -> None:
 def test_empty_batch() -> None:
     result = clean_documents([])
     assert result.kept == [] and result.rejected == {}
+
+
+@pytest.mark.parametrize(
+    "dates",
+    [
+        ["2026-12-04T18:04:00.444999", None, "2026-12-04"],  # nx-27017: no zone
+        ["2026-12-04T18:04:00.444Z", "2026-12-04T18:04:00+01:00"],
+        ["1969-12-31T23:59:59.9999", "2026-01-01T00:00:00"],
+        ["1800-01-01T00:00:00", "2026-01-01T00:00:00"],
+        ["2026-12-04T18:04:00", "2026-12-04T18:04:00Z"],
+        ["2026-12-04T18:04:00.444000000", "2026-W49-5", "not a date"],
+    ],
+)
+def test_whole_column_dates_read_as_value_by_value(dates: list[str | None]) -> None:
+    """The one-cast path for ``{"$date": text}`` columns agrees with ``parse_moment``."""
+    documents = [
+        _doc(i, started_at={"$date": text} if text else None) for i, text in enumerate(dates)
+    ]
+    column = clean_documents(documents).columns["started_at"].to_pylist()
+    for text, value in zip(dates, column, strict=True):
+        expected = parse_moment({"$date": text})[0] if text else None
+        if expected is not None:
+            expected = expected.replace(microsecond=expected.microsecond // 1000 * 1000)
+        assert value == expected, text

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.text import Text
 
-from cdcflow import logs, naming
+from cdcflow import gctuning, logs, naming
 from cdcflow.config import Runner, Settings, load_settings
 from cdcflow.errors import CdcflowError, ConfigError
 from cdcflow.urls import scrub
@@ -211,6 +211,7 @@ def produce(
     _on_stop_signals(stop.set)
     health = Health(naming.PRODUCER)
     server = serve(health, settings.metrics_host, settings.metrics_port)
+    gctuning.tune()
     try:
         run_producer(settings, stop=stop, health=health)
     finally:
@@ -266,6 +267,7 @@ def consume(
     _on_stop_signals(runtime.STOP.set)
     health = Health(naming.CONSUMER)
     server = serve(health, settings.metrics_host, settings.metrics_port)
+    gctuning.tune()
     try:
         result = run_consumer(settings, health=health)
     finally:

@@ -386,15 +386,27 @@ def _is_flat_and_finite(document: dict[str, Any]) -> bool:
         if kind is float:
             if not math.isfinite(value):
                 return False
-        elif kind is dict or kind is list or kind is tuple:
+        elif kind is dict:
+            if not _is_text_map(value):
+                return False
+        elif kind is list or kind is tuple:
             return False
     return True
+
+
+def _is_text_map(value: dict[Any, Any]) -> bool:
+    """Text keys to text values, such as nx-27017's dates ``{"$date": "..."}``: a value
+    :func:`to_json_safe` returns unchanged (unless it is nx-27017's ObjectId marker)."""
+    if _NEOSQLITE_OID in value:
+        return False
+    return all(type(key) is str and type(item) is str for key, item in value.items())
 
 
 def encode_document(document: dict[str, Any]) -> orjson.Fragment:
     """A document as relaxed Extended JSON, pre-serialized.
 
-    Flat documents with finite numbers (the common case) go through orjson in C,
+    Flat documents with finite numbers (the common case; values may be text-only
+    maps such as nx-27017's ``{"$date": "..."}``) go through orjson in C,
     converting only datetimes and ObjectIds in Python; anything nested, or with
     NaN/Infinity (which orjson would turn into null), takes :func:`to_json_safe`.
     """

@@ -10,6 +10,7 @@ reason code, queue kind, service), never document ids.
 from __future__ import annotations
 
 import platform
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from prometheus_client import (
@@ -241,6 +242,32 @@ for _queue in ("main", "failed"):
     QUEUE_DEPTH.labels(queue=_queue)
 for _service in ("mongodb", "rabbitmq", "clickhouse"):
     RECONNECTS.labels(service=_service)
+
+
+def upper_bounds(histogram: Histogram) -> tuple[float, ...]:
+    """A histogram's bucket bounds, ``+Inf`` last (for :func:`observe_cumulative`)."""
+    return tuple(histogram._upper_bounds)
+
+
+def observe_cumulative(histogram: Histogram, cumulative: Sequence[int], total: float) -> None:
+    """Many observations in one step: ``cumulative[i]`` of them are at most
+    ``upper_bounds(histogram)[i]``, ``total`` is their sum.
+
+    The exported series are those ``histogram.observe`` of each value gives (a test
+    holds the two equal): prometheus_client keeps one count per bucket, each value
+    counted in the first bucket whose bound it does not exceed, and the sum. The
+    consumer observes freshness per loaded row; counting a bundle's rows per bucket
+    column-wise and adding here costs one step per bucket instead of one per row.
+    """
+    buckets = histogram._buckets
+    if len(cumulative) != len(buckets):
+        raise ValueError(f"{len(cumulative)} cumulative counts for {len(buckets)} buckets")
+    below = 0
+    for bucket, count in zip(buckets, cumulative, strict=True):
+        if count > below:
+            bucket.inc(count - below)
+            below = count
+    histogram._sum.inc(total)
 
 
 @dataclass(frozen=True)

@@ -307,13 +307,41 @@ def _extended_dates(values: list[Any]) -> list[str | None] | None:
     return texts
 
 
+_NAIVE_MICROS = pa.timestamp("us")
+_EPOCH = pa.scalar(0, _NAIVE_MICROS)
+
+
+def _cast_dates(texts: pa.Array) -> pa.Array | None:
+    """ISO 8601 texts parsed by one Arrow cast for the whole column, or None when any
+    value needs the value-by-value rules.
+
+    Texts with a zone are cast as they are. Texts without one (nx-27017 writes its
+    dates so) are naive UTC, as :func:`parse_moment` reads them: parsed to
+    microseconds, then truncated to milliseconds as ``pa.array`` truncates a
+    datetime; only from 1970 on, so the rounding of earlier values and the 1900
+    bound stay the value-by-value path's. Arrow accepts no text that
+    ``datetime.fromisoformat`` rejects, and reads those it accepts the same.
+    """
+    try:
+        return texts.cast(TIMESTAMP_TYPE)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass  # a value without a zone, or not a date
+    try:
+        naive = texts.cast(_NAIVE_MICROS)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None  # a value with a zone beside ones without, or not a date
+    earliest = pc.min(naive)
+    if earliest.is_valid and pc.less(earliest, _EPOCH).as_py():
+        return None
+    return naive.cast(pa.timestamp("ms"), safe=False).cast(TIMESTAMP_TYPE)
+
+
 def _timestamp_column(spec: Field, values: list[Any], batch: _Batch) -> pa.Array:
     texts = _extended_dates(values)
     if texts is not None:
-        try:  # one Arrow cast parses ISO 8601 with a zone for the whole column
-            return pa.array(texts, pa.string()).cast(TIMESTAMP_TYPE)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            pass  # a value without a zone, or not a date: value by value below
+        column = _cast_dates(pa.array(texts, pa.string()))
+        if column is not None:
+            return column
     moments: list[dt.datetime | None] = []
     for value in values:
         moment, code = parse_moment(value) if value is not None else (None, None)

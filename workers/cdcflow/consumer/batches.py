@@ -39,6 +39,7 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import ValidationError
 
 from cdcflow.events import (
@@ -121,7 +122,18 @@ class ProcessedBatch:
 
     @property
     def rows_by_op(self) -> Counter[str]:
-        return Counter(self.rows.column("op").to_pylist()) if self.rows.num_rows else Counter()
+        if not self.rows.num_rows:
+            return Counter()
+        counts = pc.value_counts(self.rows.column("op"))  # column-wise: no Python per row
+        return Counter(
+            dict(
+                zip(
+                    counts.field("values").to_pylist(),
+                    counts.field("counts").to_pylist(),
+                    strict=True,
+                )
+            )
+        )
 
 
 def _parse_error(error: ValidationError) -> tuple[str, str]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.coders.typecoders import registry as coder_registry
 
-from cdcflow import metrics
+from cdcflow import gctuning, metrics
 from cdcflow.config import TableSettings
 from cdcflow.consumer import runtime
 from cdcflow.consumer.batches import ProcessedBatch, loaded_now, process_batch
@@ -81,6 +82,7 @@ class _WriteFn(beam.DoFn):
 
     def setup(self) -> None:
         self._warehouse = None
+        gctuning.refreeze()  # the pipeline is built: keep its state out of collections
 
     def _open(self) -> Warehouse:
         if self._warehouse is None:
@@ -148,12 +150,24 @@ class _WriteFn(beam.DoFn):
             self._warehouse = None
 
 
+_FRESHNESS_BOUNDS = metrics.upper_bounds(metrics.FRESHNESS_SECONDS)
+
+
 def _observe_freshness(cluster_times: pa.ChunkedArray, loaded_at: float) -> None:
-    """Load time minus source time per row (snapshot rows have no source time)."""
+    """Load time minus source time per row (snapshot rows have no source time), counted
+    per bucket column-wise: one step per bucket, not one observation per row."""
     seconds = pc.divide(pc.cast(cluster_times, pa.int64()), 1_000_000.0)
-    for value in seconds.to_pylist():
-        if value is not None:
-            metrics.FRESHNESS_SECONDS.observe(max(0.0, loaded_at - value))
+    ages = pc.max_element_wise(pc.subtract(loaded_at, seconds), 0.0, skip_nulls=False)
+    ages = ages.combine_chunks() if isinstance(ages, pa.ChunkedArray) else ages
+    if ages.null_count:
+        ages = ages.drop_null()
+    if not len(ages):
+        return
+    cumulative = [
+        len(ages) if math.isinf(bound) else pc.sum(pc.less_equal(ages, bound)).as_py() or 0
+        for bound in _FRESHNESS_BOUNDS
+    ]
+    metrics.observe_cumulative(metrics.FRESHNESS_SECONDS, cumulative, pc.sum(ages).as_py())
 
 
 class WriteToClickHouse(beam.PTransform[Any, Any]):
