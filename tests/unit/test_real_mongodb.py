@@ -166,7 +166,9 @@ def test_an_unknown_token_version_is_an_error_not_a_guess():
 
 
 def producer_run(
-    collection: FakeCollection, saved: dict[str, Any] | None = None
+    collection: FakeCollection,
+    saved: dict[str, Any] | None = None,
+    client: type[FakeClient] = FakeClient,
 ) -> tuple[Producer, FakePublisher, FakeCollection]:
     settings = Settings(mongo_collection="views", mongo_db="media", metrics_port=0)
     offsets = FakeCollection()
@@ -175,7 +177,7 @@ def producer_run(
     publisher, stop = FakePublisher(), threading.Event()
     producer = Producer(
         settings,
-        FakeClient(collection, offsets),  # type: ignore[arg-type]
+        client(collection, offsets),  # type: ignore[arg-type]
         publisher,  # type: ignore[arg-type]
         Health("producer"),
         stop,
@@ -332,22 +334,9 @@ def test_before_4_4_the_large_event_alone_loses_its_document():
         def server_info(self) -> dict[str, Any]:
             return {"version": "4.2.24"}
 
-    offsets = FakeCollection()
-    offsets.offsets["media.views"] = {"_id": "media.views", "token": good_insert(0)["_id"]}
-    publisher, stop = FakePublisher(), threading.Event()
-    settings = Settings(mongo_collection="views", mongo_db="media", metrics_port=0)
-    producer = Producer(
-        settings,
-        Server42(collection, offsets),  # type: ignore[arg-type]
-        publisher,  # type: ignore[arg-type]
-        Health("producer"),
-        stop,
-    )
-    collection.stop = stop  # type: ignore[attr-defined]
-    producer.run()
-    producer.close()
+    producer, publisher, _ = producer_run(collection, saved=good_insert(0)["_id"], client=Server42)
     watched = [(w["pipeline"], w["batch_size"]) for w in collection.watches]
-    normal = settings.stream_batch
+    normal = producer.settings.stream_batch
     assert watched == [(None, normal), (None, 1), (ONE_EVENT_STRIPPED, 1), (None, normal)]
     assert [r["reason"] for r in failed_records(publisher)] == ["event_too_large"]
     (record,) = failed_records(publisher)

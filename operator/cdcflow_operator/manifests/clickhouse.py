@@ -69,6 +69,14 @@ def headless_name(pipeline: Pipeline) -> str:
     return f"{pipeline.child(naming.WAREHOUSE)}-nodes"
 
 
+def _server_ports() -> list[dict[str, object]]:
+    """ClickHouse's HTTP and native ports, as both Services expose them."""
+    return [
+        {"name": name, "port": port, "targetPort": port, "protocol": "TCP"}
+        for name, port in (("http", HTTP_PORT), ("native", NATIVE_PORT))
+    ]
+
+
 def build_headless_service(pipeline: Pipeline) -> Manifest:
     """The StatefulSet's governing Service: headless, so its pod gets a stable DNS name
     (``<name>-clickhouse-0.<name>-clickhouse-nodes``), as a StatefulSet's serviceName
@@ -81,15 +89,7 @@ def build_headless_service(pipeline: Pipeline) -> Manifest:
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
             "selector": naming.selector(pipeline.name, naming.WAREHOUSE),
-            "ports": [
-                {"name": "http", "port": HTTP_PORT, "targetPort": HTTP_PORT, "protocol": "TCP"},
-                {
-                    "name": "native",
-                    "port": NATIVE_PORT,
-                    "targetPort": NATIVE_PORT,
-                    "protocol": "TCP",
-                },
-            ],
+            "ports": _server_ports(),
         },
     }
 
@@ -104,13 +104,7 @@ def build_service(pipeline: Pipeline) -> Manifest:
             "type": "ClusterIP",
             "selector": naming.selector(pipeline.name, naming.WAREHOUSE),
             "ports": [
-                {"name": "http", "port": HTTP_PORT, "targetPort": HTTP_PORT, "protocol": "TCP"},
-                {
-                    "name": "native",
-                    "port": NATIVE_PORT,
-                    "targetPort": NATIVE_PORT,
-                    "protocol": "TCP",
-                },
+                *_server_ports(),
                 {
                     "name": "prometheus",
                     "port": PROMETHEUS_PORT,
