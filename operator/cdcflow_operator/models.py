@@ -52,7 +52,10 @@ def _volumes_fixed(component: str, what: str) -> tuple[str, str]:
     volumes cannot change. volumeClaimTemplates are immutable, so the server would refuse
     the StatefulSet and the Pipeline would be stuck; refusing the edit says why at once."""
     return (
-        "self.storage == oldSelf.storage && "
+        # has() on both: the server also checks the rule against the CRD's own default
+        # for the parent object, which leaves these keys out (nested defaults come later).
+        "has(self.storage) == has(oldSelf.storage) && "
+        "(!has(self.storage) || self.storage == oldSelf.storage) && "
         "has(self.storageClassName) == has(oldSelf.storageClassName) && "
         "(!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)",
         f"{component}.storage and {component}.storageClassName cannot change: the {what} "
