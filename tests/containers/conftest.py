@@ -101,9 +101,9 @@ def images(engine: Engine, pytestconfig: pytest.Config) -> dict[str, str]:
         timeout=3600,
     )
     assert done.returncode == 0, f"make images failed:\n{done.stderr[-4000:]}"
-    reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line("")
-        for line in done.stdout.splitlines():
-            reporter.write_line(line)
+    # Past pytest's capture (as capsys.disabled() does for a test): fd-level capture would
+    # swallow even the terminal reporter's writes made during a fixture's setup.
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        print("\n" + done.stdout, flush=True)
     return {name: ref(name) for name in IMAGES}
