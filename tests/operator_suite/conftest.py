@@ -167,8 +167,10 @@ class Pipelines:
     def wait_condition(
         self, name: str, type_: str, status: str, reason: str | None = None, timeout: float = 120
     ) -> dict[str, Any]:
+        seen: list[dict[str, Any] | None] = [None]
+
         def probe() -> dict[str, Any] | None:
-            found = self.condition(name, type_)
+            found = seen[0] = self.condition(name, type_)
             if (
                 found
                 and found["status"] == status
@@ -177,7 +179,11 @@ class Pipelines:
                 return found
             return None
 
-        return wait_for(f"{name} {type_}={status} {reason or ''}", probe, timeout=timeout)
+        try:
+            return wait_for(f"{name} {type_}={status} {reason or ''}", probe, timeout=timeout)
+        except AssertionError as error:
+            # Say what the condition did say (its reason and message name what is missing).
+            raise AssertionError(f"{error}; the condition was {seen[0]!r}") from None
 
 
 @pytest.fixture
