@@ -255,8 +255,12 @@ def test_consumers_follow_queue_depth(
         queue_channel.basic_publish("", broker_names.queue, f'{{"n": {i}}}'.encode())
 
     wait_for("four consumers", lambda: deployment(plane, ns, "scaled-consumer").spec.replicas == 4)
-    status = pipelines.get("scaled")["status"]
-    assert status["queueDepth"] == 350
+    # One reconcile scales the Deployment, then writes the status: the status may still
+    # be the previous tick's for a moment.
+    status = wait_for(
+        "the status of the reconcile that scaled",
+        lambda: (s := pipelines.get("scaled")["status"]).get("queueDepth") == 350 and s,
+    )
     assert status["scaling"]["lastScaleReason"].startswith("ScaledUp")
     assert "rabbitmq-management" in status["scaling"]["depthSource"]
     scaled = [e for e in events(plane, ns, "scaled") if e.reason == "ScaledUp"]
