@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import logging
 import math
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -86,6 +89,47 @@ def write_and_capture(scratch: Scratch, events: int, result: RawResult) -> None:
     result.body_bytes_mean = sum(len(c.body) for c in result.changes) / max(1, len(raw))
 
 
+def write_while_captured(scratch: Scratch, events: int, result: RawResult) -> None:
+    """The same writes into a fresh nx-27017 while a bare change stream drains them.
+
+    A change-data-capture pipeline cannot carry more than its source sustains while
+    it is being read: on nx-27017 (one Python process) serving the change stream
+    costs the server per change, on the writer's time. The reader
+    (:mod:`bench.drain`, the producer's own reader and nothing else of the
+    pipeline) runs in a process of its own, as the producer does.
+    """
+    name = "raw_mongo_captured"
+    with stack.mongo(scratch.folder(name)) as server:
+        settings = scratch.settings(name, mongo_uri=server.uri, rate=math.inf, events=events)
+        client = open_mongo_client(settings)
+        reader = subprocess.Popen(
+            [sys.executable, "-m", "bench.drain", server.uri, settings.mongo_db,
+             settings.mongo_collection],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parent.parent,  # where ``bench`` imports from
+        )  # fmt: skip
+        try:
+            assert reader.stdout is not None
+            if reader.stdout.readline().strip() != "ready":
+                raise BenchError("the bare change-stream reader did not start")
+            stats = Simulator(settings, client=client).run()
+            try:
+                out, _ = reader.communicate(f"{stats.events}\n", timeout=120)
+            except subprocess.TimeoutExpired as error:
+                raise BenchError("the bare reader did not drain the writes in time") from error
+            read = int(out.split()[1]) if out.startswith("read ") else 0
+            if reader.returncode != 0 or read < stats.events:
+                raise BenchError(f"the bare change-stream reader read {read} of {stats.events}")
+        finally:
+            if reader.poll() is None:
+                reader.kill()
+                reader.wait(10)
+            client.close()
+    result.figures["raw_write_captured_events_per_s"] = stats.events / stats.seconds
+
+
 def publish_and_consume(scratch: Scratch, result: RawResult) -> None:
     """Plain pika into and out of a quorum queue shaped like the pipeline's."""
     settings = scratch.settings("raw_amqp")
@@ -132,6 +176,7 @@ def run(scratch: Scratch, events: int) -> RawResult:
     """Every raw stage on one corpus of ``events`` mixed changes."""
     result = RawResult()
     write_and_capture(scratch, events, result)
+    write_while_captured(scratch, events, result)
     publish_and_consume(scratch, result)
     transform_and_load(scratch, result.collection, result)
     return result

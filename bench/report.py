@@ -34,6 +34,9 @@ REQUIRED_KEYS = (
     *RAW_STAGES,
     "e2e_events_per_s",
     "e2e_vs_slowest_raw",
+    "raw_write_captured_events_per_s",
+    "captured_vs_raw_write",
+    "e2e_vs_captured_write",
     "freshness_p50_s",
     "freshness_p99_s",
     "naive_events_per_s",
@@ -73,6 +76,8 @@ TARGETS = (  # issue 18's
 ROWS: tuple[tuple[str, str, str], ...] = (
     ("raw_write_events_per_s", "raw: MongoDB write (simulator, bulk 500, unordered)", "events/s"),
     ("raw_capture_events_per_s", "raw: change-stream read (batch 1000)", "events/s"),
+    ("raw_write_captured_events_per_s", "raw: MongoDB write, a bare reader on", "events/s"),
+    ("captured_vs_raw_write", "source: write while captured ÷ write alone", "ratio"),
     ("raw_encode_events_per_s", "cpu: producer envelope encode", "events/s"),
     ("raw_publish_msgs_per_s", "raw: pika publish, 1000 in flight, confirms", "msgs/s"),
     ("raw_consume_msgs_per_s", "raw: pika consume, prefetch 1000, multi-ack 500", "msgs/s"),
@@ -81,6 +86,7 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("raw_load_10k_rows_per_s", "raw: chdb insert_arrow, 10k-row batches", "rows/s"),
     ("e2e_events_per_s", "pipeline: first write → last row loaded", "events/s"),
     ("e2e_vs_slowest_raw", "pipeline ÷ slowest raw stage", "ratio"),
+    ("e2e_vs_captured_write", "pipeline ÷ MongoDB write while captured", "ratio"),
     ("changes_per_message", "end to end: changes per AMQP message", "ratio"),
     ("pipeline_cpu_us_per_event", "cpu: producer + broker + consumer, per event", "µs"),
     ("source_cpu_us_per_event", "cpu: MongoDB + writer, per event", "µs"),
@@ -112,10 +118,21 @@ FLINK_KEYS = tuple(key for key, _, _ in ROWS if key.startswith("flink_"))
 
 
 def derive(figures: dict[str, float], notes: dict[str, Any]) -> None:
-    """Add the ratios: e2e over the slowest raw stage, and over the naive design."""
+    """Add the ratios: e2e over the slowest raw stage, and over the naive design.
+
+    And what the source itself gives up to be captured: the writes' rate while a
+    bare change stream reads them, over their rate alone. On a source that serves
+    its change stream on the writer's time (nx-27017, one Python process), no
+    pipeline can be faster than that, so it bounds ``e2e_vs_slowest_raw`` whenever
+    the write is the slowest stage; ``e2e_vs_captured_write`` is the share of that
+    bound the pipeline reaches.
+    """
     slowest = min(RAW_STAGES, key=lambda key: figures[key])
     notes["slowest_raw_stage"] = RAW_STAGES[slowest]
     figures["e2e_vs_slowest_raw"] = figures["e2e_events_per_s"] / figures[slowest]
+    captured = figures["raw_write_captured_events_per_s"]
+    figures["captured_vs_raw_write"] = captured / figures["raw_write_events_per_s"]
+    figures["e2e_vs_captured_write"] = figures["e2e_events_per_s"] / captured
     figures["speedup_vs_naive"] = figures["e2e_events_per_s"] / figures["naive_events_per_s"]
 
 

@@ -23,6 +23,7 @@ def _figures(**changes: float) -> dict[str, float]:
     figures = {
         "raw_write_events_per_s": 4000.0,
         "raw_capture_events_per_s": 13000.0,
+        "raw_write_captured_events_per_s": 3000.0,
         "raw_publish_msgs_per_s": 11000.0,
         "raw_consume_msgs_per_s": 20000.0,
         "raw_load_rows_per_s": 15000.0,
@@ -48,6 +49,8 @@ def test_ratios_use_the_slowest_raw_stage_and_the_naive_design() -> None:
     assert notes["slowest_raw_stage"] == "ClickHouse load"
     assert figures["e2e_vs_slowest_raw"] == pytest.approx(0.8)
     assert figures["speedup_vs_naive"] == pytest.approx(300.0)
+    assert figures["captured_vs_raw_write"] == pytest.approx(0.75)
+    assert figures["e2e_vs_captured_write"] == pytest.approx(0.8)
 
 
 def test_cpu_splits_into_the_pipeline_and_the_source() -> None:
