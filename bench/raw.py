@@ -24,7 +24,7 @@ from typing import Any
 import pyarrow as pa
 
 from bench import raw_amqp, stack
-from bench.stack import BenchError, Scratch
+from bench.stack import BenchError, Scratch, cpu_seconds
 from cdcflow.consumer.batches import ProcessedBatch, process_batch
 from cdcflow.events import CONTENT_TYPE, EncodedChange, encode_change
 from cdcflow.mongo import open_mongo_client
@@ -47,6 +47,7 @@ class RawResult:
     figures: dict[str, float] = field(default_factory=dict)
     changes: list[EncodedChange] = field(default_factory=list)
     collection: str = ""  # where the corpus was captured (the envelopes' ns.coll)
+    notes: dict[str, Any] = field(default_factory=dict)
     body_bytes_mean: float = 0.0
 
 
@@ -114,7 +115,10 @@ def write_while_captured(scratch: Scratch, events: int, result: RawResult) -> No
             assert reader.stdout is not None
             if reader.stdout.readline().strip() != "ready":
                 raise BenchError("the bare change-stream reader did not start")
+            mongo_before, reader_before = cpu_seconds(server.process.pid), cpu_seconds(reader.pid)
             stats = Simulator(settings, client=client).run()
+            mongo_cpu = cpu_seconds(server.process.pid) - mongo_before
+            reader_cpu = cpu_seconds(reader.pid) - reader_before
             try:
                 out, _ = reader.communicate(f"{stats.events}\n", timeout=120)
             except subprocess.TimeoutExpired as error:
@@ -128,6 +132,12 @@ def write_while_captured(scratch: Scratch, events: int, result: RawResult) -> No
                 reader.wait(10)
             client.close()
     result.figures["raw_write_captured_events_per_s"] = stats.events / stats.seconds
+    # What the source and a bare reader cost per change while the writes ran: the
+    # end-to-end run's figures for the same processes compare with these.
+    result.notes["captured_write_cpu_us_per_event"] = {
+        "mongodb": round(mongo_cpu / stats.events * 1e6, 1),
+        "bare reader": round(reader_cpu / stats.events * 1e6, 1),
+    }
 
 
 def publish_and_consume(scratch: Scratch, result: RawResult) -> None:

@@ -263,3 +263,7 @@ def show(doc: dict[str, Any], console: Console) -> None:
     if cpu:
         parts = ", ".join(f"{name} {value:,.0f}" for name, value in cpu.items())
         console.print(f"CPU per event during the end-to-end run (µs): {parts}")
+    captured = doc["notes"].get("captured_write_cpu_us_per_event")
+    if captured:
+        parts = ", ".join(f"{name} {value:,.0f}" for name, value in captured.items())
+        console.print(f"CPU per event, writes with only a bare reader on (µs): {parts}")

@@ -134,6 +134,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             lambda: raw.run(scratch, load.events),
         )
         figures.update(raw_result.figures)
+        notes.update(raw_result.notes)
         notes["envelope_bytes_mean"] = round(raw_result.body_bytes_mean, 1)
         e2e = _phase(
             console,
