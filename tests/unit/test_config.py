@@ -290,10 +290,11 @@ def _pickled_payloads(graph: Any) -> list[bytes]:
 
 def test_nothing_beam_pickles_for_the_consumer_holds_a_secret() -> None:
     """The pipeline's graph (every DoFn, pickled as Beam ships it) carries no password."""
-    from cdcflow.consumer.pipeline import build_pipeline
+    from cdcflow.consumer.pipeline import build_pipeline, own_temp_folder
 
-    pipeline = build_pipeline(_secret_settings())
-    payloads = _pickled_payloads(pipeline.to_runner_api())
+    with own_temp_folder():  # Beam's pipeline folder goes with it
+        pipeline = build_pipeline(_secret_settings())
+        payloads = _pickled_payloads(pipeline.to_runner_api())
     assert payloads, "the graph has pickled DoFns"
     assert any(b"loader" in payload for payload in payloads), "a DoFn holds the warehouse URL"
     for payload in payloads:
@@ -310,7 +311,7 @@ def test_what_the_consumer_pickles_holds_only_the_sections_it_uses() -> None:
         SourceSettings,
         ToolSettings,
     )
-    from cdcflow.consumer.pipeline import build_pipeline
+    from cdcflow.consumer.pipeline import build_pipeline, own_temp_folder
 
     def key(name: str) -> bytes:  # a short string as pickle writes it: no substring hits
         return bytes([0x8C, len(name)]) + name.encode()
@@ -318,7 +319,8 @@ def test_what_the_consumer_pickles_holds_only_the_sections_it_uses() -> None:
     settings = _secret_settings().with_overrides(
         mongo_uri="mongodb://source-host-xyz:27017/?directConnection=true"
     )
-    payloads = _pickled_payloads(build_pipeline(settings).to_runner_api())
+    with own_temp_folder():
+        payloads = _pickled_payloads(build_pipeline(settings).to_runner_api())
     unrelated = [
         *SourceSettings.model_fields,
         *ProducerSettings.model_fields,

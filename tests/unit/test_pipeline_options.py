@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from cdcflow.consumer.pipeline import (
     FLINK_MAX_BUNDLE_MS,
     IN_PROCESS_RUNNER,
     build_pipeline,
+    own_temp_folder,
     pipeline_options,
 )
 from cdcflow.errors import ConfigError
@@ -116,7 +118,8 @@ def test_flink_prefetch_covers_the_rate_over_a_checkpoint_interval() -> None:
 
 
 def test_the_pipeline_is_one_chain_from_source_to_dead_letters() -> None:
-    pipeline = build_pipeline(Settings())
+    with own_temp_folder():
+        pipeline = build_pipeline(Settings())
     labels = [transform.full_label for transform in pipeline.transforms_stack[0].parts]
     assert labels == [
         "ReadFromRabbitMQ",
@@ -124,6 +127,24 @@ def test_the_pipeline_is_one_chain_from_source_to_dead_letters() -> None:
         "WriteToClickHouse",
         "PublishDeadLetters",
     ]
+
+
+def test_the_consumer_keeps_beams_temporary_folders_in_one_it_removes() -> None:
+    """Beam never removes two folders per portable submission, nor a pipeline's
+    folder when the process stops inside ``run``: the consumer's own folder holds them."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.transforms import environments
+
+    before = tempfile.gettempdir()
+    with own_temp_folder() as folder:
+        pipeline = build_pipeline(Settings())
+        # what a Flink submission calls
+        environments.python_sdk_dependencies(PipelineOptions([]))  # type: ignore[no-untyped-call]
+        assert Path(pipeline.local_tempdir).parent == Path(folder)
+        leaked = [path for path in Path(folder).iterdir() if path.name.startswith("tmp")]
+        assert leaked, "Beam left its staging folder (if it no longer does, drop this)"
+    assert not Path(folder).exists()
+    assert tempfile.gettempdir() == before
 
 
 def _path_without(tmp_path: Path, *missing: str) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -184,6 +185,25 @@ def _watch_queue(settings: Settings, health: Health, stop: threading.Event) -> N
         connection.close()
 
 
+@contextlib.contextmanager
+def own_temp_folder() -> Iterator[str]:
+    """Point this process's :mod:`tempfile` at a folder of its own, removed on exit.
+
+    Beam leaves temporary folders behind: two per portable (Flink) submission,
+    which it never removes (``environments.python_sdk_dependencies``), and its
+    pipeline folder whenever the process stops inside ``Pipeline.run``. A consumer
+    restarted for weeks would fill ``/tmp`` with them; in one folder of its own
+    they go when it stops (a SIGKILL leaves that one folder).
+    """
+    previous = tempfile.tempdir
+    with tempfile.TemporaryDirectory(prefix="cdcflow-consumer-") as folder:
+        tempfile.tempdir = folder
+        try:
+            yield folder
+        finally:
+            tempfile.tempdir = previous
+
+
 def run_consumer(settings: Settings, *, health: Health | None = None) -> ConsumerResult:
     """Create the warehouse schema, then run the pipeline until a stop condition.
 
@@ -191,6 +211,11 @@ def run_consumer(settings: Settings, *, health: Health | None = None) -> Consume
     (:data:`runtime.STOP`): a batch abandoned by a stop was not acked and will be
     delivered again.
     """
+    with own_temp_folder():
+        return _run_consumer(settings, health)
+
+
+def _run_consumer(settings: Settings, health: Health | None) -> ConsumerResult:
     health = health or Health(naming.CONSUMER)
     with Warehouse(settings) as warehouse:  # fails fast, with a hint, if unreachable
         warehouse.init_schema()
