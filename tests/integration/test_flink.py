@@ -287,6 +287,14 @@ def _no_duplicates(settings: Settings) -> int:
     return int(table.num_rows)
 
 
+def _java_tmpdir(pid: int) -> Path:
+    """The ``java.io.tmpdir`` a JVM was started with."""
+    for argument in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"):
+        if argument.startswith(b"-Djava.io.tmpdir="):
+            return Path(argument.split(b"=", 1)[1].decode())
+    raise AssertionError(f"the JVM {pid} was started without -Djava.io.tmpdir")
+
+
 def test_end_to_end_on_flink_verifies_equal_and_stops_cleanly(
     pipeline: Pipeline, pipeline_settings: Settings
 ) -> None:
@@ -295,6 +303,7 @@ def test_end_to_end_on_flink_verifies_equal_and_stops_cleanly(
     consumer_pid = pipeline.consumer.process.process.pid
     wait_for(lambda: bool(_java_children(consumer_pid)), 60, "the job server to start")
     (job_server,) = _java_children(consumer_pid)
+    java_tmp = _java_tmpdir(job_server)
     stats = Simulator(settings, run_tag="flink-e2e").run()
     assert stats.bad > 0
     pipeline.wait_producer_caught_up()
@@ -305,10 +314,13 @@ def test_end_to_end_on_flink_verifies_equal_and_stops_cleanly(
         60,
         "every change to be acked (after checkpoints)",
     )
+    # Flink's own temporary files (mini cluster, RPC jar) are in the job server's folder.
+    assert any(path.name.startswith("minicluster") for path in java_tmp.iterdir())
     # SIGTERM: the consumer stops its job and its job server, and exits 0.
     code, _ = pipeline.consumer.terminate(timeout=60)
     assert code == 0, pipeline.consumer.tail()
     assert not _alive(job_server), "the Flink job server outlived its consumer"
+    assert not java_tmp.parent.exists(), "the job server's temporary folder was left behind"
     exits = pipeline.drain_and_stop()
     assert exits["producer"][0] == 0
     report = verify(settings)

@@ -165,7 +165,12 @@ class JobServer:
         """Start the JVM and wait until its job service accepts connections."""
         java = java_executable()
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self._staging = Path(tempfile.mkdtemp(prefix="cdcflow-flink-artifacts-"))
+        # Beam's staged artifacts and the JVM's own temporary files (Flink's mini
+        # cluster folders, its RPC jar, native libraries) in one folder that stop()
+        # removes: left in /tmp, every job server would leave ~10 entries behind.
+        self._staging = Path(tempfile.mkdtemp(prefix="cdcflow-flink-"))
+        (self._staging / "artifacts").mkdir()
+        (self._staging / "tmp").mkdir()
         for attempt in (1, 2):  # a free port can be taken between the probe and the bind
             self.port = free_port()
             self.log_file = self.log_dir / f"flink-job-server-{os.getpid()}-{self.port}.log"
@@ -173,6 +178,7 @@ class JobServer:
                 java,
                 f"-Xmx{self.settings.flink_job_server_heap_mb}m",
                 "-XX:+ExitOnOutOfMemoryError",
+                f"-Djava.io.tmpdir={self._staging / 'tmp'}",
                 *_log_properties(),
                 "-jar",
                 str(self.jar),
@@ -180,7 +186,7 @@ class JobServer:
                 f"--job-port={self.port}",
                 f"--artifact-port={free_port()}",
                 f"--expansion-port={free_port()}",
-                f"--artifacts-dir={self._staging}",
+                f"--artifacts-dir={self._staging / 'artifacts'}",
                 f"--flink-master={self.settings.flink_master}",
             ]
             log.info(
