@@ -20,10 +20,11 @@ import time
 
 import pymongo
 
+from cdcflow.config import ProducerSettings
 from cdcflow.producer.changestream import ChangeReader
 from cdcflow.producer.main import IDLE_SLEEP_S
 
-STREAM_BATCH = 1000  # the producer's default stream_batch
+STREAM_BATCH: int = ProducerSettings.model_fields["stream_batch"].default  # the producer's
 TIMEOUT_S = 300.0
 
 

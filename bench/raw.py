@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from bench import raw_amqp, stack
 from bench.stack import BenchError, Scratch, cpu_seconds
+from cdcflow.config import ProducerSettings
 from cdcflow.consumer.batches import ProcessedBatch, process_batch
 from cdcflow.events import CONTENT_TYPE, EncodedChange, encode_change
 from cdcflow.mongo import open_mongo_client
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 
 CONSUMER_BATCH = 1000  # the consumer's default batch_max_messages
 BIG_BATCH = 10_000
-STREAM_BATCH = 1000  # the producer's default stream_batch
+STREAM_BATCH: int = ProducerSettings.model_fields["stream_batch"].default  # the producer's
 
 
 @dataclass
