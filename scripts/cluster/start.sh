@@ -41,6 +41,8 @@ STATE=$(cd "$STATE" && pwd)
 SERVICE_RANGE=127.200.0.0/24
 SERVICE_FIRST_IP=127.200.0.1
 POD_RANGE=127.201.0.0/24
+# A node is alive while kwok renews its Lease (every quarter of this; kwokctl's default).
+NODE_LEASE_SECONDS=40
 
 for name in "${CLUSTER_BINARIES[@]}" kwok-stages.yaml; do
   [[ -e $K8S_BIN/$name ]] ||
@@ -227,8 +229,14 @@ launch kube-scheduler "$K8S_BIN/kube-scheduler" \
   --authentication-kubeconfig="$STATE/scheduler.kubeconfig" \
   --authorization-kubeconfig="$STATE/scheduler.kubeconfig" \
   --leader-elect=false --bind-address=127.0.0.1 --secure-port="$SCHEDULER_PORT" --profiling=false
+# Node leases, as kwokctl runs kwok: the heartbeat-with-lease stage posts node status
+# only every 10-20 minutes and counts on a Lease renewed every 10 s. Without
+# --node-lease-duration-seconds kwok keeps no Lease and patches node status about every
+# 55 s, beyond the controller manager's 50 s grace period: now and then it marks a node
+# Unknown and every pod on it NotReady, and kwok never makes a Running pod Ready again.
 launch kwok "$K8S_BIN/kwok" --kubeconfig="$STATE/kubeconfig" --config="$K8S_BIN/kwok-stages.yaml" \
   --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
+  --node-lease-duration-seconds="$NODE_LEASE_SECONDS" \
   --cidr="$POD_RANGE" --node-ip=127.0.0.1 --server-address="127.0.0.1:$KWOK_PORT"
 wait_until kube-controller-manager 60 "/healthz on 127.0.0.1:$KCM_PORT" healthy --insecure "https://127.0.0.1:$KCM_PORT/healthz"
 wait_until kube-scheduler 60 "/healthz on 127.0.0.1:$SCHEDULER_PORT" healthy --insecure "https://127.0.0.1:$SCHEDULER_PORT/healthz"

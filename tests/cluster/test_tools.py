@@ -6,10 +6,16 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
+import kubernetes.client as k8s
 import yaml
 
-from tests.control_plane import SCRIPTS, ControlPlane, pinned_versions
+from tests.control_plane import SCRIPTS, ControlPlane, pinned_versions, wait_for
+
+# kube-controller-manager's --node-monitor-grace-period (its default, which start.sh keeps):
+# a node whose heartbeat is older than this is marked Unknown, and its pods NotReady.
+NODE_MONITOR_GRACE_S = 50
 
 
 def test_binaries_report_the_pinned_versions(control_plane: ControlPlane) -> None:
@@ -38,6 +44,41 @@ def test_kwok_nodes_are_ready_with_room_for_pods(control_plane: ControlPlane) ->
         assert ready.status == "True"
         assert int(node.status.allocatable["pods"]) >= 100
         assert node.status.addresses[0].address == "127.0.0.1"
+
+
+def test_kwok_renews_a_lease_per_node_well_within_the_grace_period(
+    control_plane: ControlPlane,
+) -> None:
+    """Nodes stay Ready through a long session by their Leases. Without them kwok posts
+    node status about every 55 s, past the grace period: now and then the controller
+    manager marks a node Unknown and its pods NotReady, and they stay so for good
+    (kwok readies only Pending pods), so an operator waiting for Ready never gets it."""
+    leases: Any = k8s.CoordinationV1Api(control_plane.api_client())
+
+    def node_leases() -> dict[str, Any]:
+        items: list[Any] = leases.list_namespaced_lease("kube-node-lease").items
+        return {lease.metadata.name: lease for lease in items}
+
+    def every_node_has_one() -> dict[str, Any] | None:
+        found = node_leases()
+        return found if set(found) >= set(control_plane.node_names) else None
+
+    first = wait_for("a Lease for every kwok node", every_node_has_one, timeout=60)
+    for name in control_plane.node_names:
+        lease = first[name]
+        assert lease.spec.lease_duration_seconds < NODE_MONITOR_GRACE_S
+        assert lease.spec.holder_identity, name
+        assert [ref.name for ref in lease.metadata.owner_references] == [name]
+    # Renewed: every lease's renewTime moves within half the grace period.
+    wait_for(
+        "every node Lease to be renewed",
+        lambda: all(
+            node_leases()[name].spec.renew_time > first[name].spec.renew_time
+            for name in control_plane.node_names
+        ),
+        timeout=NODE_MONITOR_GRACE_S / 2,
+        interval=1.0,
+    )
 
 
 def test_helm_installs_and_uninstalls_a_chart(
