@@ -403,6 +403,47 @@ class ControlPlane:
             return f"(no log at {path})"
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
+    def snapshot(self, namespace: str) -> str:
+        """Nodes, their Leases and a namespace's pods with their Ready condition, as text
+        for a failure report: a workload that is not ready says here whether its pods or
+        their node are why (``kubectl get pods`` READY counts containers, not the pod's
+        Ready condition, which the node lifecycle controller sets)."""
+        ready = '.status.conditions[?(@.type=="Ready")]'
+        views = [
+            (
+                "get",
+                "nodes",
+                "-o",
+                f"custom-columns=NODE:.metadata.name,READY:{ready}.status,"
+                f"REASON:{ready}.reason,HEARTBEAT:{ready}.lastHeartbeatTime",
+            ),
+            (
+                "get",
+                "leases",
+                "-n",
+                "kube-node-lease",
+                "-o",
+                "custom-columns=LEASE:.metadata.name,RENEWED:.spec.renewTime",
+            ),
+            (
+                "get",
+                "pods",
+                "-n",
+                namespace,
+                "-o",
+                f"custom-columns=POD:.metadata.name,"
+                f"NODE:.spec.nodeName,PHASE:.status.phase,READY:{ready}.status,"
+                f"REASON:{ready}.reason,SINCE:{ready}.lastTransitionTime",
+            ),
+        ]
+        out = []
+        for args in views:
+            result = self.kubectl(*args, check=False, timeout=30)
+            out.append(
+                f"$ kubectl {' '.join(args[:2])}\n{(result.stdout or result.stderr).strip()}"
+            )
+        return "\n".join(out)
+
     def close(self) -> None:
         for api in self._clients:
             api.close()

@@ -97,11 +97,13 @@ def run_operator(
         return running
 
     yield start
+    failed = request.node.rep_call.failed if hasattr(request.node, "rep_call") else False
+    if failed:  # before the Pipelines (and so their pods) are deleted
+        sys.stderr.write(f"\n--- cluster ---\n{control_plane.snapshot(k8s_namespace)}\n")
     if started:
         _delete_pipelines(control_plane, k8s_namespace)
     for running in started:
         running.stop()
-        failed = request.node.rep_call.failed if hasattr(request.node, "rep_call") else False
         if failed:
             sys.stderr.write(f"\n--- operator log ---\n{running.tail(120)}\n")
 
