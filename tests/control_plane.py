@@ -438,10 +438,12 @@ class ControlPlane:
         ]
         out = []
         for args in views:
-            result = self.kubectl(*args, check=False, timeout=30)
-            out.append(
-                f"$ kubectl {' '.join(args[:2])}\n{(result.stdout or result.stderr).strip()}"
-            )
+            try:  # a report must not fail the teardown that prints it
+                result = self.kubectl(*args, check=False, timeout=30)
+                text = (result.stdout or result.stderr).strip()
+            except (OSError, subprocess.TimeoutExpired) as error:
+                text = f"(could not run kubectl: {error})"
+            out.append(f"$ kubectl {' '.join(args[:2])}\n{text}")
         return "\n".join(out)
 
     def close(self) -> None:

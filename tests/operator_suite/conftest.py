@@ -100,12 +100,14 @@ def run_operator(
     failed = request.node.rep_call.failed if hasattr(request.node, "rep_call") else False
     if failed:  # before the Pipelines (and so their pods) are deleted
         sys.stderr.write(f"\n--- cluster ---\n{control_plane.snapshot(k8s_namespace)}\n")
-    if started:
-        _delete_pipelines(control_plane, k8s_namespace)
-    for running in started:
-        running.stop()
-        if failed:
-            sys.stderr.write(f"\n--- operator log ---\n{running.tail(120)}\n")
+    try:
+        if started:
+            _delete_pipelines(control_plane, k8s_namespace)
+    finally:  # the operators stop even when their Pipelines could not be deleted
+        for running in started:
+            running.stop()
+            if failed:
+                sys.stderr.write(f"\n--- operator log ---\n{running.tail(120)}\n")
 
 
 def _delete_pipelines(plane: ControlPlane, namespace: str) -> None:
